@@ -1,0 +1,12 @@
+"""The hrl_nested environment suite: batched torch vector envs with Gymnasium semantics.
+
+``import envs`` registers the ``hrl_nested/`` ids, so that
+``gymnasium.make_vec("hrl_nested/CartPole-v1", num_envs=4096, device="cuda")`` works.
+"""
+
+from envs.core import Draw, EnvState, TorchVectorEnv
+from envs.registration import make, register_envs
+
+register_envs()
+
+__all__ = ["Draw", "EnvState", "TorchVectorEnv", "make", "register_envs"]

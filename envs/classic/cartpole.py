@@ -1,0 +1,110 @@
+"""CartPole-v1 as a `TorchVectorEnv`: Gymnasium's ``CartPoleEnv`` dynamics, batched.
+
+Barto, Sutton & Anderson (1983), "Neuronlike adaptive elements that can solve difficult learning
+control problems", with Florian's (2007) corrected equations, exactly as Gymnasium implements them
+(explicit Euler by default, ``tau = 0.02``). The state row is ``(x, x_dot, theta, theta_dot)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from envs.core import Draw, TorchVectorEnv
+
+
+class CartPoleEnv(TorchVectorEnv):
+    """Batched CartPole-v1 (``hrl_nested/CartPole-v1``).
+
+    Reward 1 every step (``sutton_barto_reward``: 0 per step, -1 on the failing step), terminated
+    when ``|x| > 2.4`` or ``|theta| > 12 deg``, truncated at ``max_episode_steps`` (500).
+
+    >>> env = CartPoleEnv(num_envs=8)
+    >>> obs, info = env.reset(seed=0)
+    >>> obs.shape
+    torch.Size([8, 4])
+    """
+
+    gravity = 9.8
+    masscart = 1.0
+    masspole = 0.1
+    total_mass = masspole + masscart
+    length = 0.5  # half the pole's length
+    polemass_length = masspole * length
+    force_mag = 10.0
+    tau = 0.02
+    theta_threshold_radians = 12 * 2 * math.pi / 360
+    x_threshold = 2.4
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        max_episode_steps: int | None = 500,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        autoreset_mode: str | object = "next_step",
+        validate: bool = True,
+        compile: bool = False,
+        sutton_barto_reward: bool = False,
+        kinematics_integrator: str = "euler",
+    ):
+        if kinematics_integrator not in ("euler", "semi-implicit euler"):
+            raise ValueError(
+                f"kinematics_integrator: expected 'euler' or 'semi-implicit euler', got {kinematics_integrator!r}"
+            )
+        self.sutton_barto_reward = bool(sutton_barto_reward)
+        self.kinematics_integrator = kinematics_integrator
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        high = np.array(
+            [self.x_threshold * 2, np.inf, self.theta_threshold_radians * 2, np.inf], dtype=np_dtype
+        )
+        super().__init__(
+            num_envs,
+            single_observation_space=gym.spaces.Box(-high, high, dtype=np_dtype),
+            single_action_space=gym.spaces.Discrete(2),
+            max_episode_steps=max_episode_steps,
+            device=device,
+            dtype=dtype,
+            autoreset_mode=autoreset_mode,
+            validate=validate,
+            compile=compile,
+        )
+
+    def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
+        return {"state": draw.uniform(4, -0.05, 0.05)}
+
+    def _transition(self, vars, action, draw):
+        x, x_dot, theta, theta_dot = vars["state"].unbind(-1)
+        force = torch.where(action == 1, self.force_mag, -self.force_mag).to(x.dtype)
+        costheta, sintheta = torch.cos(theta), torch.sin(theta)
+        temp = (force + self.polemass_length * theta_dot.square() * sintheta) / self.total_mass
+        thetaacc = (self.gravity * sintheta - costheta * temp) / (
+            self.length * (4.0 / 3.0 - self.masspole * costheta.square() / self.total_mass)
+        )
+        xacc = temp - self.polemass_length * thetaacc * costheta / self.total_mass
+        if self.kinematics_integrator == "euler":
+            x, x_dot = x + self.tau * x_dot, x_dot + self.tau * xacc
+            theta, theta_dot = theta + self.tau * theta_dot, theta_dot + self.tau * thetaacc
+        else:
+            x_dot = x_dot + self.tau * xacc
+            x = x + self.tau * x_dot
+            theta_dot = theta_dot + self.tau * thetaacc
+            theta = theta + self.tau * theta_dot
+        terminated = (
+            (x < -self.x_threshold)
+            | (x > self.x_threshold)
+            | (theta < -self.theta_threshold_radians)
+            | (theta > self.theta_threshold_radians)
+        )
+        if self.sutton_barto_reward:
+            reward = -terminated.to(x.dtype)
+        else:
+            reward = torch.ones_like(x)
+        return {"state": torch.stack((x, x_dot, theta, theta_dot), -1)}, reward, terminated
+
+    def _observe(self, vars):
+        return vars["state"].clone()
