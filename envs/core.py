@@ -17,6 +17,7 @@ per-env variables, with the Gymnasium-layout physics under ``"state"``):
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,9 +28,14 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs import rng
+from envs.fused import RESET_STREAM, CompiledStep, Obs, _contiguous, _where, fused_step
+from envs.rng import Draw
 
-Obs = torch.Tensor | dict[str, torch.Tensor]
-_RESET_STREAM, _STEP_STREAM = 0, 1
+__all__ = ["Draw", "EnvState", "Obs", "TorchVectorEnv", "parse_autoreset_mode"]
+
+# Attributes the env itself assigns after construction; assigning any other attribute tells a
+# compiled step that the configuration may have changed.
+_STATE_ATTRIBUTES = frozenset({"_seeded", "_config_version"})
 
 
 @dataclasses.dataclass
@@ -68,26 +74,6 @@ class EnvState:
         )
 
 
-class Draw:
-    """Per-env random numbers for one (stream, counter); each call takes fresh lanes."""
-
-    def __init__(self, key: torch.Tensor, counter: torch.Tensor, stream: int, dtype: torch.dtype):
-        self.key, self.counter, self.stream, self.dtype = key, counter, stream, dtype
-        self._used = 0
-
-    def uniform(self, lanes: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-        """``(N, lanes)`` uniforms in ``[low, high)``."""
-        u = rng.uniform(self.key, self.counter, self.stream * 1024 + self._used, lanes, self.dtype)
-        self._used += 1
-        return low + (high - low) * u if (low, high) != (0.0, 1.0) else u
-
-    def integers(self, high: int | torch.Tensor, lanes: int = 1) -> torch.Tensor:
-        """``(N, lanes)`` int64 in ``[0, high)``, by the exact method ``floor(u * high)`` on 53/24-bit u."""
-        u = rng.uniform(self.key, self.counter, self.stream * 1024 + self._used, lanes, torch.float64)
-        self._used += 1
-        return torch.minimum((u * high).floor().to(torch.int64), torch.as_tensor(high) - 1)
-
-
 def parse_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
     """Accept an ``AutoresetMode`` or its value/name (``"next_step"``, ``"SAME_STEP"``)."""
     if isinstance(mode, AutoresetMode):
@@ -107,11 +93,16 @@ def parse_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
     return mode_out
 
 
-def _where(mask: torch.Tensor, a: Obs, b: Obs) -> Obs:
-    """``torch.where`` row-wise over a tensor or a dict of tensors (mask has shape ``(N,)``)."""
-    if isinstance(a, Mapping):
-        return {k: _where(mask, a[k], b[k]) for k in a}
-    return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
+def _new_buffer(v: torch.Tensor) -> torch.Tensor:
+    """A fresh buffer for a per-env variable; ``(N, D)`` ones are stored column-major.
+
+    The buffer is still an ``(N, D)`` tensor (row ``i`` is env ``i``), but with strides ``(1, N)``:
+    ``state.unbind(-1)`` then yields contiguous columns, so a compiled step runs one vectorized loop
+    over envs instead of a scalar loop over strided rows (about 1.5x faster on CPU).
+    """
+    if v.dim() == 2 and v.shape[1] > 1:
+        return v.t().contiguous().t()
+    return v.contiguous().clone()
 
 
 class TorchVectorEnv(VectorEnv):
@@ -126,10 +117,17 @@ class TorchVectorEnv(VectorEnv):
         autoreset_mode: NEXT_STEP (Gymnasium's default) or SAME_STEP.
         validate: check action *values* (range, NaN) on every step. Costs a host sync on CUDA;
             turn off on the fast rollout path. Shape, dtype and device are always checked.
-        compile: run the step through ``torch.compile`` (one fused kernel on CPU and CUDA).
+        compile: run the step through ``torch.compile``: the transition, the autoreset, the time limit
+            and every in-place buffer write become one fused kernel (CPU and CUDA). The first step
+            compiles (seconds); validation, when on, stays outside the kernel.
+
+    Class attributes:
+        clip_actions: ``True`` for tasks whose Gymnasium original clips a ``Box`` action itself
+            (Pendulum, MountainCarContinuous); otherwise ``validate`` rejects out-of-bounds actions.
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+    clip_actions: bool = False
 
     def __init__(
         self,
@@ -173,14 +171,16 @@ class TorchVectorEnv(VectorEnv):
         self._elapsed = torch.zeros(n, dtype=torch.int64, device=dev)
         self._needs_reset = torch.zeros(n, dtype=torch.bool, device=dev)
         self._seeded = False
-        self._vars = {
-            k: v.contiguous().clone()
-            for k, v in self._sample_reset(Draw(self._rng_key, self._rng_counter, 0, dtype)).items()
-        }
+        fresh = self._sample_reset(Draw(self._rng_key, self._rng_counter, 0, dtype))
+        self._vars = {k: _new_buffer(v) for k, v in fresh.items()}
         # A data-dependent skip of the reset draw is free on CPU eager; CUDA and compiled steps stay
         # branch-free so that no host sync happens and a graph can be captured.
         self._branch_free = self.device.type != "cpu" or compile
-        self._step_fn = torch.compile(self._step_impl, dynamic=False) if compile else self._step_impl
+        self.compiled = bool(compile)
+        self._uint8_flags = self.compiled and self.device.type == "cpu"
+        self._init_action_checks()
+        self._config_version = 0
+        self._compiled_step = CompiledStep(self) if compile else None
 
     # ---------------------------------------------------------------- subclass hooks
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
@@ -195,21 +195,35 @@ class TorchVectorEnv(VectorEnv):
         raise NotImplementedError
 
     def _check_action_values(self, action: torch.Tensor) -> None:
-        """Value checks (run only when ``validate``). Default: Discrete range, Box NaN/inf."""
+        """Value checks (run only when ``validate``): Discrete range; Box NaN/inf and, unless the task
+        clips (``clip_actions``), bounds. One reduction and one host read on the common path."""
         space = self.single_action_space
         if isinstance(space, gym.spaces.Discrete):
-            lo, hi = int(space.start), int(space.start + space.n)
-            bad = (action < lo) | (action >= hi)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
+            lo, hi = self._discrete_range
+            mn, mx = torch.aminmax(action)
+            if int(mn) < lo or int(mx) >= hi:
+                i = int(((action < lo) | (action >= hi)).nonzero()[0, 0])
                 raise ValueError(
                     f"actions: expected integers in [{lo}, {hi}) for {space}, got {int(action[i])} at env {i}"
                 )
         elif isinstance(space, gym.spaces.Box):
-            bad = ~torch.isfinite(action)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
-                raise ValueError(f"actions: expected finite values for {space}, got NaN/inf at env {i}")
+            flat = action.reshape(action.shape[0], -1)
+            mn, mx = (t.tolist() for t in torch.aminmax(flat, dim=0))
+            if not all(math.isfinite(v) for v in mn + mx):  # aminmax propagates NaN
+                i = int((~torch.isfinite(flat)).any(-1).nonzero()[0, 0])
+                raise ValueError(
+                    f"actions: expected finite values for {space}, got {action[i].tolist()} (NaN/inf) at env {i}"
+                )
+            if not self.clip_actions:
+                low, high = self._box_bounds
+                if any(m < b for m, b in zip(mn, low)) or any(m > b for m, b in zip(mx, high)):
+                    lo_t = torch.as_tensor(low, dtype=flat.dtype, device=flat.device)
+                    hi_t = torch.as_tensor(high, dtype=flat.dtype, device=flat.device)
+                    i = int(((flat < lo_t) | (flat > hi_t)).any(-1).nonzero()[0, 0])
+                    raise ValueError(
+                        f"actions: expected values within the bounds of {space} (low={space.low.tolist()}, "
+                        f"high={space.high.tolist()}), got {action[i].tolist()} at env {i}"
+                    )
 
     # ---------------------------------------------------------------- public API
     @property
@@ -250,20 +264,19 @@ class TorchVectorEnv(VectorEnv):
             self._rng_key.copy_(torch.where(mask, keys, self._rng_key))
             self._rng_counter.masked_fill_(mask, 0)
             self._seeded = True
-        fresh = self._sample_reset(Draw(self._rng_key, self._rng_counter, _RESET_STREAM, self.dtype))
+        fresh = self._sample_reset(Draw(self._rng_key, self._rng_counter, RESET_STREAM, self.dtype))
         for k, v in fresh.items():
             self._vars[k].copy_(_where(mask, v, self._vars[k]))
         self._rng_counter.add_(mask.long())
         self._elapsed.masked_fill_(mask, 0)
         self._needs_reset.masked_fill_(mask, False)
-        return self._observe(self._vars), {}
+        return _contiguous(self._observe(self._vars)), {}
 
     def step(
         self, actions: torch.Tensor | np.ndarray
     ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """One step of every env; returns ``(obs, reward, terminated, truncated, info)``."""
-        actions = self._check_actions(actions)
-        return self._step_fn(actions)
+        return self._step_impl(self._check_actions(actions))
 
     def get_state(self) -> EnvState:
         """A snapshot (cloned tensors) of everything needed to continue exactly."""
@@ -310,60 +323,59 @@ class TorchVectorEnv(VectorEnv):
 
     # ---------------------------------------------------------------- internals
     def _step_impl(self, actions: torch.Tensor):
-        v = self._vars
-        new_v, reward, terminated = self._transition(
-            v, actions, Draw(self._rng_key, self._rng_counter, _STEP_STREAM, self.dtype)
+        """The step without the action checks (eager or compiled, as constructed)."""
+        if self._compiled_step is not None:
+            return self._compiled_step(actions)
+        return fused_step(
+            self, actions, self._vars, self._elapsed, self._needs_reset, self._rng_key, self._rng_counter
         )
-        elapsed = self._elapsed + 1
-        if self.max_episode_steps is None:
-            truncated = torch.zeros_like(terminated)
-        else:
-            truncated = elapsed >= self.max_episode_steps
-        info: dict[str, Any] = {}
-        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            pending = self._needs_reset
-            if self._branch_free or bool(pending.any()):
-                fresh = self._sample_reset(Draw(self._rng_key, self._rng_counter, _RESET_STREAM, self.dtype))
-                new_v = {k: _where(pending, fresh[k], new_v[k]) for k in new_v}
-                reward = torch.where(pending, torch.zeros_like(reward), reward)
-                terminated = terminated & ~pending
-                truncated = truncated & ~pending
-                elapsed = torch.where(pending, torch.zeros_like(elapsed), elapsed)
-            self._needs_reset.copy_(terminated | truncated)
-        else:
-            done = terminated | truncated
-            info["final_obs"] = self._observe(new_v)
-            info["_final_obs"] = done
-            if self._branch_free or bool(done.any()):
-                fresh = self._sample_reset(Draw(self._rng_key, self._rng_counter, _RESET_STREAM, self.dtype))
-                new_v = {k: _where(done, fresh[k], new_v[k]) for k in new_v}
-                elapsed = torch.where(done, torch.zeros_like(elapsed), elapsed)
-        obs = self._observe(new_v)
-        for k, t in new_v.items():
-            v[k].copy_(t)
-        self._elapsed.copy_(elapsed)
-        self._rng_counter.add_(1)
-        return obs, reward, terminated, truncated, info
+
+    @property
+    def compile_seconds(self) -> float:
+        """Wall time this env has spent compiling its step so far (0 when not compiled)."""
+        return 0.0 if self._compiled_step is None else self._compiled_step.compile_seconds
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A compiled step bakes the env's attributes into its kernel: count assignments so that it
+        # re-traces (through dynamo's guards) after one.
+        object.__setattr__(self, name, value)
+        if name not in _STATE_ATTRIBUTES and "_config_version" in self.__dict__:
+            self.__dict__["_config_version"] += 1
+
+    def _init_action_checks(self) -> None:
+        """Precompute what `_check_actions` compares against, so the hot path is attribute reads."""
+        space = self.single_action_space
+        self._action_shape = torch.Size(self.action_space.shape)
+        self._discrete_action = isinstance(space, gym.spaces.Discrete)
+        self._box_action = isinstance(space, gym.spaces.Box)
+        self._discrete_range = (int(space.start), int(space.start + space.n)) if self._discrete_action else None
+        if self._box_action:
+            low = np.broadcast_to(space.low, space.shape).reshape(-1).astype(np.float64)
+            high = np.broadcast_to(space.high, space.shape).reshape(-1).astype(np.float64)
+            self._box_bounds = (low.tolist(), high.tolist())
 
     def _check_actions(self, a: torch.Tensor | np.ndarray) -> torch.Tensor:
         if not isinstance(a, torch.Tensor):
             a = torch.as_tensor(np.asarray(a), device=self.device)
         if a.device != self.device:
             raise ValueError(f"actions: expected a tensor on {self.device}, got one on {a.device}")
-        expected = tuple(self.action_space.shape)
-        if tuple(a.shape) != expected:
+        if a.shape != self._action_shape:
             raise ValueError(
-                f"actions: expected shape {expected} (num_envs={self.num_envs} x single action "
-                f"{tuple(self.single_action_space.shape)}), got {tuple(a.shape)}"
+                f"actions: expected shape {tuple(self._action_shape)} (num_envs={self.num_envs} x single "
+                f"action {tuple(self.single_action_space.shape)}), got {tuple(a.shape)}"
             )
-        space = self.single_action_space
-        if isinstance(space, gym.spaces.Discrete):
+        if self._discrete_action:
             if a.is_floating_point() or a.is_complex() or a.dtype == torch.bool:
-                raise ValueError(f"actions: expected an integer tensor for {space}, got {a.dtype}")
-        elif isinstance(space, gym.spaces.Box):
+                raise ValueError(
+                    f"actions: expected an integer tensor for {self.single_action_space}, got {a.dtype}"
+                )
+        elif self._box_action:
             if not a.is_floating_point():
-                raise ValueError(f"actions: expected a floating-point tensor for {space}, got {a.dtype}")
-            a = a.to(self.dtype)
+                raise ValueError(
+                    f"actions: expected a floating-point tensor for {self.single_action_space}, got {a.dtype}"
+                )
+            if a.dtype != self.dtype:
+                a = a.to(self.dtype)
         if self.validate:
             self._check_action_values(a)
         return a
@@ -394,3 +406,5 @@ class TorchVectorEnv(VectorEnv):
             f"{type(self).__name__}(num_envs={self.num_envs}, device={self.device}, dtype={self.dtype}, "
             f"autoreset_mode={self.autoreset_mode.name}, max_episode_steps={self.max_episode_steps})"
         )
+
+

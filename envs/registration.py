@@ -18,6 +18,10 @@ _IDS: dict[str, tuple[str, int | None, float | None]] = {
     "MountainCarContinuous-v0": ("envs.classic.continuous_mountain_car:MountainCarContinuousEnv", 999, 90.0),
     "Acrobot-v1": ("envs.classic.acrobot:AcrobotEnv", 500, -100.0),
     "Pendulum-v1": ("envs.classic.pendulum:PendulumEnv", 200, None),
+    "FourRooms-v0": ("envs.tasks.four_rooms:FourRoomsEnv", 100, None),
+    "PointMaze-U-v0": ("envs.tasks.point_maze:PointMazeEnv", 60, None),
+    "PointMaze-Medium-v0": ("envs.tasks.point_maze:PointMazeMediumEnv", 120, None),
+    "PointMaze-Large-v0": ("envs.tasks.point_maze:PointMazeLargeEnv", 160, None),
 }
 
 

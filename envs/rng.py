@@ -59,3 +59,23 @@ def uniform(
         mant = (bits >> 11) * (1 << 32) + extra  # 21 + 32 = 53 bits
         return mant.to(torch.float64) * (2.0**-53)
     return (bits >> 8).to(dtype) * (2.0**-24)
+
+
+class Draw:
+    """Per-env random numbers for one (stream, counter); each call takes fresh lanes."""
+
+    def __init__(self, key: torch.Tensor, counter: torch.Tensor, stream: int, dtype: torch.dtype):
+        self.key, self.counter, self.stream, self.dtype = key, counter, stream, dtype
+        self._used = 0
+
+    def uniform(self, lanes: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        """``(N, lanes)`` uniforms in ``[low, high)``."""
+        u = uniform(self.key, self.counter, self.stream * 1024 + self._used, lanes, self.dtype)
+        self._used += 1
+        return low + (high - low) * u if (low, high) != (0.0, 1.0) else u
+
+    def integers(self, high: int | torch.Tensor, lanes: int = 1) -> torch.Tensor:
+        """``(N, lanes)`` int64 in ``[0, high)``, by the exact method ``floor(u * high)`` on 53/24-bit u."""
+        u = uniform(self.key, self.counter, self.stream * 1024 + self._used, lanes, torch.float64)
+        self._used += 1
+        return torch.minimum((u * high).floor().to(torch.int64), torch.as_tensor(high) - 1)

@@ -1,0 +1,385 @@
+"""Rollout throughput: our fused torch rollouts against gymnax (jit + vmap + lax.scan), same device, same run.
+
+For each task (CartPole, FourRooms), policy (uniform random, a 64-64 tanh actor-critic MLP) and number
+of envs, one rollout collects T steps x N envs into a full batch (obs, action, log-prob, value,
+reward, true next obs, terminated, truncated) plus episode statistics, on both sides. Ours runs
+
+- ``eager``: `hrl_nested.rollout.make_rollout` with ``capture="auto"`` (a CUDA graph on CUDA, eager
+  on CPU), and
+- ``compiled``: the same with ``compile_step=True`` and the env made with ``compile=True`` (one
+  ``torch.compile``-d step; captured as a CUDA graph on CUDA). Its compile time is reported apart.
+
+gymnax rows need the optional ``bench`` extra (``pip install jax gymnax``); without it they say so.
+Prints a table and writes ``experiments/results/bench_rollout_<device>.json``.
+
+    python experiments/bench_rollout.py --device cpu
+    python experiments/bench_rollout.py --device cuda --num-envs-list 65536 1048576
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
+
+import torch
+import torch._inductor.config
+import tyro
+
+import envs
+from hrl_nested.networks import ActorCritic, params_of
+from hrl_nested.rollout import PolicyOutput, actor_critic_policy, make_rollout
+
+TASKS = {  # our id -> (fallback entry point, gymnax id)
+    "CartPole": ("hrl_nested/CartPole-v1", None, "CartPole-v1"),
+    "FourRooms": ("hrl_nested/FourRooms-v0", "envs.tasks.four_rooms:FourRoomsEnv", "FourRooms-misc"),
+}
+
+
+@dataclasses.dataclass
+class Config:
+    device: str = "cpu"
+    """torch and jax device: cpu or cuda."""
+    num_envs_list: tuple[int, ...] | None = None
+    """numbers of envs; default 4096 on CPU, 65536 and 1048576 on CUDA."""
+    steps: int = 128
+    """T, steps per rollout."""
+    repeats: int = 5
+    """timed rollouts per measurement (the median is reported), after one warm-up."""
+    tasks: tuple[str, ...] = ("CartPole", "FourRooms")
+    """tasks to run."""
+    policies: tuple[str, ...] = ("random", "mlp")
+    """policies: random (uniform actions) and mlp (64-64 tanh actor-critic, sampled)."""
+    compile: bool = True
+    """also time the torch.compile-d step (and report its compile time)."""
+    cold_compile: bool = True
+    """disable inductor's on-disk caches, so the compile time reported is a cold one."""
+    gymnax: bool = True
+    """compare against gymnax when jax and gymnax import."""
+    threads: int = 1
+    """CPU threads for torch and XLA: 1 (both single-threaded: a fair comparison that a busy machine
+    disturbs least) or 0 (each library's default)."""
+    out: str | None = None
+    """JSON path; default experiments/results/bench_rollout_<device>.json."""
+
+
+def _num_envs(obs) -> int:
+    return (obs if torch.is_tensor(obs) else next(iter(obs.values()))).shape[0]
+
+
+def random_policy(n_actions: int):
+    log_n = math.log(n_actions)
+
+    def policy_fn(params, obs, carry):
+        n = _num_envs(obs)
+        u = torch.rand(n, device=params["_device"].device)
+        action = (u * n_actions).long().clamp_max(n_actions - 1)
+        zero = torch.zeros(n, device=u.device)
+        return PolicyOutput(action, zero - log_n, zero, carry)
+
+    return policy_fn
+
+
+def make_ours(task: str, num_envs: int, device: str, compiled: bool):
+    env_id, entry, _ = TASKS[task]
+    kw = dict(device=device, autoreset_mode="same_step", validate=False, compile=compiled)
+    note = ""
+    try:
+        env = envs.make(env_id, num_envs, **kw)
+    except ValueError:
+        if entry is None:
+            raise
+        try:
+            env = envs.make(entry, num_envs, **kw)
+            note = f"{env_id} not registered: used {entry}"
+        except (ImportError, AttributeError, ValueError) as e:
+            return None, f"{env_id} not available ({type(e).__name__})"
+    return env, note
+
+
+@dataclasses.dataclass
+class Runner:
+    """A prepared rollout: ``run()`` does one synchronized rollout; ``first_call_s`` timed the first."""
+
+    run: Callable[[], None]
+    first_call_s: float
+    info: dict
+
+
+def prepare_ours(task: str, policy: str, num_envs: int, cfg: Config, compiled: bool) -> Runner | dict:
+    env, note = make_ours(task, num_envs, cfg.device, compiled)
+    if env is None:
+        return {"skipped": note}
+    torch.manual_seed(0)
+    ac = ActorCritic(env.single_observation_space, env.single_action_space, hidden=(64, 64)).to(cfg.device)
+    if policy == "mlp":
+        policy_fn, params = actor_critic_policy(ac), {k: v.detach() for k, v in params_of(ac).items()}
+    else:
+        n_actions = int(env.single_action_space.n)
+        policy_fn, params = random_policy(n_actions), {"_device": torch.zeros(1, device=cfg.device)}
+    collect = make_rollout(env, policy_fn, cfg.steps, compile_step=compiled)
+    obs, _ = env.reset(seed=0)
+    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
+    t0 = time.perf_counter()
+    state = {"res": collect(params, obs)}
+    sync()
+    first_s = time.perf_counter() - t0  # compile and/or CUDA-graph capture, plus one rollout
+
+    def run() -> None:
+        state["res"] = collect(params, state["res"].obs)
+        sync()
+
+    return Runner(run, first_s, {"note": note} if note else {})
+
+
+def measure(runners: dict, num_envs: int, cfg: Config) -> dict[str, dict]:
+    """Time the runners in interleaved rounds, so that a busy machine's load hits them alike."""
+    live = {k: r for k, r in runners.items() if isinstance(r, Runner)}
+    times: dict[str, list[float]] = {k: [] for k in live}
+    for _ in range(cfg.repeats):
+        for k, r in live.items():
+            t0 = time.perf_counter()
+            r.run()
+            times[k].append(time.perf_counter() - t0)
+    out = {}
+    for k, r in runners.items():
+        if k in live:
+            sec = statistics.median(times[k])
+            out[k] = {
+                "steps_per_s": num_envs * cfg.steps / sec,
+                "rollout_s": sec,
+                "first_call_s": r.first_call_s,
+            }
+            out[k].update(r.info)
+        else:
+            out[k] = r
+    return out
+
+
+def prepare_gymnax(task: str, policy: str, num_envs: int, cfg: Config) -> Runner | dict:
+    try:
+        import gymnax
+        import jax
+        import jax.numpy as jnp
+    except ImportError as e:
+        return {"skipped": f"gymnax not installed ({e.name})"}
+    platform_name = "gpu" if cfg.device.startswith("cuda") else "cpu"
+    try:
+        dev = jax.devices(platform_name)[0]
+    except RuntimeError:
+        return {"skipped": f"jax has no {platform_name} device"}
+    gid = TASKS[task][2]
+    env, env_params = gymnax.make(gid)
+    n_act = int(env.action_space(env_params).n)
+    obs_dim = int(env.observation_space(env_params).shape[0])
+    T, N = cfg.steps, num_envs
+
+    def mlp_init(key, sizes, out_scale):
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            key, k = jax.random.split(key)
+            scale = out_scale if i == len(sizes) - 2 else math.sqrt(2.0)
+            layers.append((jax.nn.initializers.orthogonal(scale)(k, (a, b)), jnp.zeros(b)))
+        return layers
+
+    def mlp(layers, x):
+        for i, (w, b) in enumerate(layers):
+            x = x @ w + b
+            if i < len(layers) - 1:
+                x = jnp.tanh(x)
+        return x
+
+    k_actor, k_critic = jax.random.split(jax.random.PRNGKey(0))
+    theta = (mlp_init(k_actor, [obs_dim, 64, 64, n_act], 0.01), mlp_init(k_critic, [obs_dim, 64, 64, 1], 1.0))
+
+    def act(theta, obs, key):
+        if policy == "random":
+            a = jax.random.randint(key, (N,), 0, n_act)
+            return a, jnp.full((N,), -math.log(n_act)), jnp.zeros(N)
+        x = obs.astype(jnp.float32)
+        logits, value = mlp(theta[0], x), mlp(theta[1], x)[:, 0]
+        a = jax.random.categorical(key, logits)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), a[:, None], 1)[:, 0]
+        return a, logp, value
+
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def rollout(theta, obs, state, ep_ret, ep_len, key):
+        def body(carry, _):
+            obs, state, ep_ret, ep_len, key = carry
+            key, k_act, k_step = jax.random.split(key, 3)
+            a, logp, v = act(theta, obs, k_act)
+            next_obs, state, r, term, trunc, info = step(jax.random.split(k_step, N), state, a, env_params)
+            done = term | trunc
+            ep_ret, ep_len = ep_ret + r, ep_len + 1
+            ended = (jnp.where(done, ep_ret, 0).sum(), jnp.where(done, ep_len, 0).sum(), done.sum())
+            ep_ret, ep_len = jnp.where(done, 0.0, ep_ret), jnp.where(done, 0, ep_len)
+            rec = (obs, a, logp, v, r, info["final_observation"], term, trunc, ended)
+            return (next_obs, state, ep_ret, ep_len, key), rec
+
+        return jax.lax.scan(body, (obs, state, ep_ret, ep_len, key), None, length=T)
+
+    with jax.default_device(dev):
+        theta = jax.device_put(theta, dev)
+        obs, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(
+            jax.random.split(jax.random.PRNGKey(1), N), env_params
+        )
+        carry = (obs, state, jnp.zeros(N), jnp.zeros(N, jnp.int32), jax.random.PRNGKey(2))
+        fn = jax.jit(rollout)
+        t0 = time.perf_counter()
+        carry, traj = fn(theta, *carry)
+        jax.block_until_ready(traj)
+        first_s = time.perf_counter() - t0
+    box = {"carry": carry}
+    del traj
+
+    def run() -> None:
+        with jax.default_device(dev):
+            box["carry"], traj = fn(theta, *box["carry"])
+            jax.block_until_ready(traj)
+
+    return Runner(run, first_s, {"gymnax_id": gid})
+
+
+def fmt_rate(r: dict) -> str:
+    return f"{r['steps_per_s'] / 1e6:,.2f}" if "steps_per_s" in r else "-"
+
+
+def main(cfg: Config) -> list[dict]:
+    if cfg.cold_compile:
+        torch._inductor.config.force_disable_caches = True
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+        if cfg.threads == 1:  # before jax is imported
+            os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+    cuda = cfg.device.startswith("cuda")
+    sizes = cfg.num_envs_list or ((65536, 1048576) if cuda else (4096,))
+    rows = []
+    for task in cfg.tasks:
+        for policy in cfg.policies:
+            for n in sizes:
+                row = {"task": task, "policy": policy, "num_envs": n, "steps": cfg.steps}
+                runners = {
+                    "ours_eager": prepare_ours(task, policy, n, cfg, compiled=False),
+                    "ours_compiled": prepare_ours(task, policy, n, cfg, True)
+                    if cfg.compile
+                    else {"skipped": "off"},
+                    "gymnax": prepare_gymnax(task, policy, n, cfg) if cfg.gymnax else {"skipped": "off"},
+                }
+                row.update(measure(runners, n, cfg))
+                del runners
+                if cuda:
+                    torch.cuda.empty_cache()
+                best = max(
+                    (row[k].get("steps_per_s", 0.0) for k in ("ours_eager", "ours_compiled")), default=0.0
+                )
+                g = row["gymnax"].get("steps_per_s")
+                row["ratio_best_vs_gymnax"] = best / g if g and best else None
+                rows.append(row)
+                print(f"  done {task}/{policy}/{n}", flush=True)
+    print_table(rows, cfg)
+    write_json(rows, cfg)
+    return rows
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def print_table(rows: list[dict], cfg: Config) -> None:
+    dev = device_name(cfg.device)
+    print(
+        f"\nRollout throughput, M steps/s (T={cfg.steps}, median of {cfg.repeats}), "
+        f"device {cfg.device} ({dev}), torch threads {torch.get_num_threads()}"
+    )
+    head = (
+        "task",
+        "policy",
+        "num_envs",
+        "ours eager",
+        "ours compiled",
+        "compile s",
+        "gymnax",
+        "jit s",
+        "best/gymnax",
+    )
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    notes = []
+    for r in rows:
+        e, c, g = r["ours_eager"], r["ours_compiled"], r["gymnax"]
+        ratio = f"{r['ratio_best_vs_gymnax']:.2f}x" if r["ratio_best_vs_gymnax"] else "-"
+        cells = (
+            r["task"],
+            r["policy"],
+            f"{r['num_envs']:,}",
+            fmt_rate(e),
+            fmt_rate(c),
+            f"{c['first_call_s']:.1f}" if "first_call_s" in c else "-",
+            fmt_rate(g),
+            f"{g['first_call_s']:.1f}" if "first_call_s" in g else "-",
+            ratio,
+        )
+        print("| " + " | ".join(str(x) for x in cells) + " |")
+        for name, d in (("ours", e), ("gymnax", g), ("compiled", c)):
+            for key in ("skipped", "note"):
+                if key in d and d[key] != "off":
+                    notes.append(f"{r['task']}/{r['policy']}/{r['num_envs']} {name}: {d[key]}")
+    if "FourRooms" in cfg.tasks:
+        notes.append(
+            "FourRooms: ours is hrl_nested/FourRooms-v0 (no slip, 100-step limit, Dict goal obs); gymnax's "
+            "FourRooms-misc runs its defaults (slip 1/3, 500-step limit, a 4-vector obs)"
+        )
+    notes.append(
+        "ours eager = make_rollout(capture='auto'): a CUDA graph on CUDA, eager on CPU; ours compiled adds "
+        "compile_step=True and an env made with compile=True; compile s = its first call (cold compile, "
+        "capture and one rollout); jit s = gymnax's first call"
+    )
+    for n in dict.fromkeys(notes):
+        print(f"- {n}")
+
+
+def write_json(rows: list[dict], cfg: Config) -> None:
+    path = Path(
+        cfg.out or Path(__file__).parent / "results" / f"bench_rollout_{cfg.device.split(':')[0]}.json"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "device": cfg.device,
+        "device_name": device_name(cfg.device),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "config": dataclasses.asdict(cfg),
+    }
+    try:
+        import gymnax
+        import jax
+
+        meta.update(jax=jax.__version__, gymnax=importlib.metadata.version(gymnax.__name__))
+    except ImportError:
+        pass
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Config))

@@ -1,0 +1,149 @@
+"""Train an agent and write its run directory.
+
+    python experiments/train.py                                   # PPO on CartPole, a few seconds on CPU
+    python experiments/train.py --algo ppo --env hrl_nested/CartPole-v1 --total-steps 500000 \\
+        --num-envs 256 --seed 1 --device cuda --run-dir runs/cp1 --wandb-mode online --ppo.lr 3e-3
+    python experiments/train.py --resume runs/cp1 --total-steps 1000000   # continue a stopped run
+
+The run directory gets ``config.json``, ``metrics.jsonl``, ``summary.json`` and ``checkpoint.pt`` (see
+`hrl_nested.tracking`). Each algorithm is one module under ``hrl_nested/algos/``; its hyperparameters
+are the nested ``--<algo>.*`` flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+import tyro
+
+from hrl_nested.algos import ALGORITHMS, Task, get_algorithm
+from hrl_nested.tracking import CheckpointError, Run, RunDirError, default_run_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainArgs(Task):
+    """Train an agent (the algorithm's own hyperparameters are the ``--<algo>.*`` flags)."""
+
+    run_dir: str | None = None
+    """Where the run's files go (default ``runs/<algo>-<env>-<seed>-<time>``); must be new or empty."""
+    resume: str | None = None
+    """Continue the run in this directory from its last checkpoint, with its ``config.json``; flags given
+    here override it (e.g. a larger ``--total-steps``)."""
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"
+    """Weights & Biases: ``online`` falls back to ``offline`` when there is no API key or no server."""
+    wandb_project: str = "hrl_nested"
+    """W&B project."""
+    checkpoint_every_s: float = 300.0
+    """Seconds between checkpoints (one is always written at the end)."""
+    threads: int = 1
+    """torch CPU threads. 1 suits small RL networks (their ops are too small to split, and a busy core
+    stalls every split op); 0 keeps torch's default of one per core."""
+
+
+def _field_name(algo: str) -> str:
+    return algo.replace("-", "_")
+
+
+def _config_class() -> type:
+    """`TrainArgs` plus ``algo`` and one nested config field per registered algorithm."""
+    names = tuple(ALGORITHMS)
+    fields: list[tuple[str, Any, Any]] = [
+        ("algo", Annotated[Literal[names], tyro.conf.arg(help="Algorithm to train.")], "ppo"),
+    ]
+    for name in names:
+        cls = get_algorithm(name).Config
+        fields.append((_field_name(name), cls, dataclasses.field(default_factory=cls)))
+    return dataclasses.make_dataclass("TrainConfig", fields, bases=(TrainArgs,), frozen=True)
+
+
+TrainConfig = _config_class()
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from its ``config.json`` form."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _from_dict(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def parse_config(argv: list[str] | None = None) -> Any:
+    """The config from the command line; with ``--resume DIR``, DIR/config.json overridden by the flags."""
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = tyro.cli(TrainConfig, args=argv)
+    if cfg.resume is None:
+        return cfg
+    saved_path = Path(cfg.resume) / "config.json"
+    if not saved_path.is_file():
+        raise RunDirError(f"--resume {cfg.resume}: no config.json there (is it a run directory?)")
+    saved = _from_dict(TrainConfig, json.loads(saved_path.read_text()))
+    cfg = tyro.cli(TrainConfig, args=argv, default=saved)
+    for name in ("algo", "env", "num_envs"):
+        if getattr(cfg, name) != getattr(saved, name):
+            raise RunDirError(
+                f"--resume: --{name.replace('_', '-')} {getattr(cfg, name)} differs from the run's "
+                f"{getattr(saved, name)}; a run continues with the same {name}"
+            )
+    if cfg.run_dir is not None and Path(cfg.run_dir).resolve() != Path(cfg.resume).resolve():
+        if saved.run_dir is None or Path(saved.run_dir).resolve() != Path(cfg.run_dir).resolve():
+            raise RunDirError(
+                f"--resume {cfg.resume} and --run-dir {cfg.run_dir} disagree; give only --resume"
+            )
+    return dataclasses.replace(cfg, run_dir=cfg.resume)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse, train, and return the run's summary."""
+    cfg = parse_config(argv)
+    algo = get_algorithm(cfg.algo)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.run_dir is None:
+        cfg = dataclasses.replace(cfg, run_dir=str(default_run_dir(cfg.algo, cfg.env, cfg.seed)))
+    task = Task(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(Task)})
+    with Run(
+        cfg.run_dir,
+        config={k: v for k, v in dataclasses.asdict(cfg).items()},
+        algo=cfg.algo,
+        env=cfg.env,
+        seed=cfg.seed,
+        total_steps=cfg.total_steps,
+        resume=cfg.resume is not None,
+        wandb_mode=cfg.wandb_mode,
+        wandb_project=cfg.wandb_project,
+        checkpoint_every_s=cfg.checkpoint_every_s,
+    ) as run:
+        summary = algo.train(task, getattr(cfg, _field_name(cfg.algo)), run)
+    shown = {
+        k: summary[k]
+        for k in ("env_steps", "wall_s", "eval_return_mean", "eval_success_rate")
+        if k in summary
+    }
+    print(
+        f"{cfg.algo} on {cfg.env}: "
+        + ", ".join(f"{k}={v:g}" for k, v in shown.items())
+        + f"  ({cfg.run_dir})"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (RunDirError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,419 @@
+"""Flat PPO on a `TorchVectorEnv`, written out top to bottom (CleanRL's ``ppo.py`` shape).
+
+Schulman et al. 2017, "Proximal policy optimization algorithms", with the implementation details of
+Huang et al. 2022, "The 37 implementation details of PPO": GAE, advantage normalization per
+minibatch, clipped surrogate, optional clipped value loss, entropy bonus, global grad-norm clipping,
+linear learning-rate annealing, Adam with ``eps=1e-5``, orthogonal init, optional observation
+normalization.
+
+Speed comes from the batch, not from tricks: the env is pure tensor code, a rollout of ``T`` steps x
+``N`` envs runs without a host sync (captured as a CUDA graph on GPU, see `hrl_nested.rollout`), and
+the only ``.item()``-like copy is one per iteration, for logging. On a small CPU the cost of a step is
+mostly per-op overhead, so many envs per step, few epochs and big minibatches win.
+
+>>> from hrl_nested.algos import Task
+>>> out = train(Task(total_steps=2048, num_envs=64, device="cpu", eval_episodes=2), PPOConfig(num_steps=16))
+>>> out["env_steps"]
+2048
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import torch
+
+import envs
+from envs.core import EnvState, TorchVectorEnv
+from hrl_nested.algos import Task, resolve_device
+from hrl_nested.batch import tree_map
+from hrl_nested.losses import approx_kl, clip_fraction, entropy_loss, ppo_clip_loss, value_loss
+from hrl_nested.networks import ActorCritic
+from hrl_nested.obs_norm import ObsNormalizer
+from hrl_nested.returns import gae
+from hrl_nested.rollout import PolicyOutput, actor_critic_policy, make_rollout
+from hrl_nested.tracking import Run, set_rng_state
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters. The defaults solve ``hrl_nested/CartPole-v1`` in a few seconds on a CPU."""
+
+    num_steps: int = 64
+    """Steps per env per rollout (T); a batch is ``num_envs * num_steps`` transitions."""
+    lr: float = 3.5e-3
+    """Adam learning rate (at the start, when annealed)."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over the run."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda (bias/variance trade-off of the advantages)."""
+    update_epochs: int = 2
+    """Passes over each batch."""
+    num_minibatches: int = 2
+    """Minibatches per pass (the minibatch size is ``batch_size / num_minibatches``)."""
+    clip_coef: float = 0.2
+    """Surrogate clipping epsilon."""
+    clip_vloss: bool = False
+    """Clip the value loss around the old values, as PPO2 does."""
+    norm_adv: bool = True
+    """Normalize advantages within each minibatch."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Clip the global gradient norm to this."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the actor and of the critic."""
+    norm_obs: bool = True
+    """Normalize observations by a running mean/std (each Box leaf; updated once per batch, after the
+    batch is normalized with the statistics its rollout used; saved in checkpoints)."""
+    eval_every: int = 4
+    """Evaluate every this many iterations (and always after the last); 0: only at the end."""
+    stop_at_return: float | None = None
+    """Stop as soon as an evaluation's mean return reaches this (time-to-solve benchmarks)."""
+    compile: bool = False
+    """``torch.compile`` the loss + gradient step. Pays off on CUDA for long runs; a cold compile costs
+    seconds, more than a whole CartPole run on CPU."""
+    capture: str = "auto"
+    """Rollout capture (``auto``: a CUDA graph on GPU, eager on CPU); see `hrl_nested.rollout`."""
+
+
+Config = PPOConfig  # the name `hrl_nested.algos` expects
+
+
+def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
+    """Train a PPO agent on ``task``; log through ``run``; return the final summary.
+
+    Args:
+        task: env, step budget, number of envs, seed, device, evaluation episodes.
+        cfg: PPO hyperparameters.
+        run: where metrics, checkpoints and the summary go; None keeps them in memory. When
+            ``run.resume_state`` is set, training continues exactly from that checkpoint.
+
+    Returns:
+        The summary: ``env_steps``, ``iterations``, ``eval_return_mean`` (and ``eval_success_rate``
+        on goal envs), ``eval_time_s`` (all evaluations), ``warmup_s`` (first rollout + first update:
+        graph capture and compilation), and ``solved`` and ``time_to_solve_s`` with ``stop_at_return``.
+    """
+    if run is None:  # no files, no W&B, no progress bar
+        run = Run(None, config={}, algo="ppo", env=task.env, seed=task.seed, total_steps=0, progress=False)
+    device = resolve_device(task.device)
+    torch.manual_seed(task.seed)
+
+    # ---- setup: envs (SAME_STEP, so a batch never holds a dummy reset step), agent, optimizer
+    env = envs.make(task.env, task.num_envs, device=device, autoreset_mode="same_step", validate=False)
+    eval_env = envs.make(
+        task.env, task.eval_episodes, device=device, autoreset_mode="same_step", validate=False
+    )
+    agent = ActorCritic(env.single_observation_space, env.single_action_space, hidden=cfg.hidden).to(device)
+    fused = device.type in ("cuda", "cpu")  # one kernel for all parameters, not a Python loop over them
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5, fused=fused)
+    rms = ObsNormalizer(env.single_observation_space, device=device) if cfg.norm_obs else None
+    collect = make_rollout(env, _policy_with_obs_norm(agent, rms), cfg.num_steps, capture=cfg.capture)
+    # The first rollout and update pay for CUDA-graph capture and compilation: timed on their own.
+    warmup: dict[str, float] = {}
+    rollout = _time_first_call(collect, warmup, "rollout", device)
+    update_step = _time_first_call(_make_update_step(agent, optimizer, cfg), warmup, "update", device)
+
+    batch_size = task.num_envs * cfg.num_steps
+    minibatch_size = batch_size // cfg.num_minibatches
+    num_iterations = max(1, math.ceil(task.total_steps / batch_size))
+    if batch_size % cfg.num_minibatches:
+        raise ValueError(f"num_minibatches={cfg.num_minibatches} must divide the batch size {batch_size}")
+
+    obs, _ = env.reset(seed=task.seed)
+    start_iteration, env_steps, last_eval = 0, 0, {}
+    if run.resume_state is not None:
+        start_iteration, env_steps, obs, last_eval = _restore(
+            run.resume_state, agent, optimizer, rms, env, collect, device
+        )
+    solved_at, eval_time = None, 0.0
+
+    for iteration in range(start_iteration, num_iterations):
+        t_iter = time.perf_counter()
+        if cfg.anneal_lr:
+            optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - iteration / num_iterations)
+
+        # ---- rollout: T steps x N envs, no host sync inside
+        params = _rollout_params(agent, rms)
+        with torch.no_grad():
+            result = rollout(params, obs, None)
+        batch, obs = result.batch, result.obs
+        env_steps += batch_size
+
+        # ---- advantages: V of the true next obs bootstraps truncations, never terminations
+        with torch.no_grad():
+            b_obs, b_next_obs = _normalized(batch.obs, rms), _normalized(batch.next_obs, rms)
+            next_values = agent.value(b_next_obs)
+            advantages, returns = gae(
+                batch.rewards,
+                batch.values,
+                next_values,
+                batch.terminated,
+                batch.truncated,
+                cfg.gamma,
+                cfg.gae_lambda,
+            )
+        if rms is not None:  # after the batch is normalized with the stats its rollout used
+            rms.update(batch.obs)
+        flat = tree_map(
+            lambda t: t.reshape(batch_size, *t.shape[2:]),
+            {
+                "obs": b_obs,
+                "actions": batch.actions,
+                "logprobs": batch.logprobs,
+                "values": batch.values,
+                "advantages": advantages,
+                "returns": returns,
+            },
+        )
+
+        # ---- update: epochs x minibatches of the clipped PPO objective
+        stats = torch.zeros(6, device=device)
+        for _epoch in range(cfg.update_epochs):
+            perm = torch.randperm(batch_size, device=device)
+            for start in range(0, batch_size, minibatch_size):
+                idx = perm[start : start + minibatch_size]
+                mb = tree_map(lambda t, idx=idx: t[idx], flat)
+                stats += update_step(mb)
+        stats /= cfg.update_epochs * cfg.num_minibatches
+
+        # ---- log (the iteration's one host copy), evaluate, checkpoint
+        row: dict[str, Any] = {
+            "iteration": iteration + 1,
+            "env_steps": env_steps,
+            **_to_host(stats, result),
+            "sps": round(batch_size / (time.perf_counter() - t_iter)),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        last = iteration + 1 == num_iterations
+        if last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0):
+            t_eval = time.perf_counter()
+            last_eval = evaluate(agent, eval_env, rms, seed=task.seed + 7919 * (iteration + 1))
+            row.update(last_eval, eval_s=time.perf_counter() - t_eval)
+            eval_time += row["eval_s"]
+        row = run.log(row)
+
+        if cfg.stop_at_return is not None and row.get("eval_return_mean", -math.inf) >= cfg.stop_at_return:
+            solved_at = row
+        if run.checkpoint_due() or last or solved_at is not None:
+            run.save_checkpoint(
+                _checkpoint_state(
+                    iteration + 1, env_steps, agent, optimizer, rms, env, obs, collect, last_eval
+                )
+            )
+        if solved_at is not None:
+            break
+
+    summary = {
+        "iterations": run.last_row.get("iteration", start_iteration),
+        **last_eval,
+        "eval_time_s": eval_time,
+        "warmup_s": sum(warmup.values()),
+    }
+    if cfg.stop_at_return is not None:
+        summary["solved"] = solved_at is not None
+        summary["time_to_solve_s"] = None if solved_at is None else solved_at["wall_s"]
+    return run.finish(summary)
+
+
+def ppo_loss(
+    agent: ActorCritic, mb: dict[str, torch.Tensor], cfg: PPOConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PPO objective on a minibatch: ``L = L_clip + vf_coef * L_V - ent_coef * H``.
+
+    Returns:
+        ``(loss, stats)``: the scalar to minimize and the detached ``(pg_loss, v_loss, entropy,
+        approx_kl, clip_fraction)``.
+    """
+    dist_params, v = agent(mb["obs"])
+    dist = agent.distribution(dist_params)
+    logp = dist.log_prob(mb["actions"])
+    adv = mb["advantages"]
+    if cfg.norm_adv:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    pg_loss = ppo_clip_loss(logp, mb["logprobs"], adv, cfg.clip_coef)
+    v_loss = value_loss(v, mb["values"], mb["returns"], cfg.clip_coef if cfg.clip_vloss else None)
+    ent = dist.entropy()
+    loss = pg_loss + cfg.vf_coef * v_loss + cfg.ent_coef * entropy_loss(ent)
+    with torch.no_grad():
+        kl = approx_kl(logp, mb["logprobs"])
+        clipfrac = clip_fraction(logp, mb["logprobs"], cfg.clip_coef)
+        stats = torch.stack([pg_loss, v_loss, ent.mean(), kl, clipfrac])
+    return loss, stats
+
+
+def _make_update_step(agent: ActorCritic, optimizer: torch.optim.Optimizer, cfg: PPOConfig):
+    """``update_step(mb) -> stats``: one gradient step; with ``cfg.compile`` the loss's forward and backward
+    are compiled (AOTAutograd), while the fused Adam step is already a single kernel."""
+    loss_fn = torch.compile(ppo_loss) if cfg.compile else ppo_loss
+    params = list(agent.parameters())
+
+    def update_step(mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss, stats = loss_fn(agent, mb, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+        optimizer.step()
+        return torch.cat([stats, grad_norm.detach().reshape(1)])
+
+    return update_step
+
+
+@torch.no_grad()
+def evaluate(
+    agent: ActorCritic, env: TorchVectorEnv, rms: ObsNormalizer | None, *, seed: int, max_steps: int = 10_000
+) -> dict[str, float]:
+    """One episode per eval env with the deterministic policy (the distribution's mode).
+
+    Args:
+        agent: the actor-critic (only the actor is used).
+        env: a SAME_STEP env with one env per episode to evaluate; reset here with ``seed``.
+        rms: observation statistics the agent was trained with, or None.
+        seed: reset seed (a fresh one per evaluation, so successive evaluations see new starts).
+        max_steps: cap for envs without a time limit.
+
+    Returns:
+        ``eval_return_mean``, ``eval_length_mean`` and, on goal envs (or ``info["is_success"]``),
+        ``eval_success_rate`` (success on an episode's last step, see `_success`).
+    """
+    obs, _ = env.reset(seed=seed)
+    n, device = env.num_envs, env.device
+    ret = torch.zeros(n, device=device)
+    length = torch.zeros(n, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    success = None
+    limit = env.max_episode_steps or max_steps
+    # On a CPU the "all done?" check is free; on a GPU it is a sync, so only look now and then.
+    check_every = 1 if device.type == "cpu" else 32
+    for step in range(limit):
+        dist = agent.distribution(_actor_output(agent, _normalized(obs, rms)))
+        action = dist.mode()
+        env_action = dist.env_action(action) if hasattr(dist, "env_action") else action
+        obs, reward, terminated, truncated, info = env.step(env_action)
+        alive = ~done
+        ret += reward.to(ret.dtype) * alive
+        length += alive
+        ended = (terminated | truncated) & alive
+        step_success = _success(env, info)
+        if step_success is not None:
+            success = torch.zeros(n, dtype=torch.bool, device=device) if success is None else success
+            success |= ended & step_success
+        done |= ended
+        if (step + 1) % check_every == 0 and bool(done.all()):
+            break
+    out = {"eval_return_mean": ret.mean(), "eval_length_mean": length.mean()}
+    if success is not None:
+        out["eval_success_rate"] = success.float().mean()
+    return {k: float(v) for k, v in zip(out, torch.stack(list(out.values())).tolist())}
+
+
+# ---------------------------------------------------------------------------- helpers
+def _to_host(stats: torch.Tensor, result: Any) -> dict[str, float]:
+    """The update's mean statistics and the finished episodes' means, in one device-to-host copy."""
+    episodes = (result.episode_return_sum, result.episode_length_sum, result.episode_count)
+    values = torch.cat([stats, torch.stack([x.to(stats.dtype) for x in episodes])]).tolist()
+    names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
+    out = dict(zip(names, values[:6]))
+    ret_sum, len_sum, count = values[6:]
+    out["episodes"] = int(count)
+    if count > 0:
+        out["episode_return_mean"] = ret_sum / count
+        out["episode_length_mean"] = len_sum / count
+    return out
+
+
+def _time_first_call(fn, into: dict[str, float], name: str, device: torch.device):
+    """``fn``, with the duration of its first call (synchronized on CUDA) stored in ``into[name]``."""
+
+    def timed(*args, **kwargs):
+        if name in into:
+            return fn(*args, **kwargs)
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        into[name] = time.perf_counter() - t0
+        return out
+
+    return timed
+
+
+def _success(env: TorchVectorEnv, info: dict[str, Any]) -> torch.Tensor | None:
+    """Per-env success of this step: ``info["is_success"]`` (wrapped Gymnasium-Robotics envs) or, for
+    goal envs, ``compute_terminated`` on the true final observation; None when the env has neither."""
+    if "is_success" in info:
+        return torch.as_tensor(info["is_success"], device=env.device).bool()
+    final = info.get("final_obs")
+    if isinstance(final, dict) and "achieved_goal" in final and hasattr(env, "compute_terminated"):
+        return torch.as_tensor(env.compute_terminated(final["achieved_goal"], final["desired_goal"])).bool()
+    return None
+
+
+def _actor_output(agent: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
+    """``agent(obs)[0]`` without the critic: evaluation only needs the policy (a third cheaper)."""
+    out = agent.actor(agent.encode(obs))
+    return out if agent.log_std is None else torch.cat([out, agent.log_std.expand_as(out)], -1)
+
+
+def _normalized(obs: Any, rms: ObsNormalizer | None) -> Any:
+    return obs if rms is None else rms.normalize(obs)
+
+
+def _rollout_params(agent: ActorCritic, rms: ObsNormalizer | None) -> dict[str, torch.Tensor]:
+    """The agent's parameters (detached views) plus the obs statistics the rollout should use: inputs,
+    so that a captured rollout sees this iteration's values."""
+    params = {k: v.detach() for k, v in agent.named_parameters()}
+    if rms is not None:
+        params.update({f"obs_norm.{k}": v for k, v in rms.stats().items()})
+    return params
+
+
+def _policy_with_obs_norm(agent: ActorCritic, rms: ObsNormalizer | None):
+    """``actor_critic_policy(agent)``, normalizing obs first with the statistics in the params."""
+    policy = actor_critic_policy(agent)
+    if rms is None:
+        return policy
+
+    def policy_fn(params: dict[str, torch.Tensor], obs: Any, carry: Any) -> PolicyOutput:
+        stats = {k[len("obs_norm.") :]: v for k, v in params.items() if k.startswith("obs_norm.")}
+        net = {k: v for k, v in params.items() if not k.startswith("obs_norm.")}
+        return policy(net, rms.apply(obs, stats), carry)
+
+    return policy_fn
+
+
+def _checkpoint_state(iteration, env_steps, agent, optimizer, rms, env, obs, collect, last_eval) -> dict:
+    return {
+        "iteration": iteration,
+        "env_steps": env_steps,
+        "agent": agent.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "obs_norm": None if rms is None else rms.state_dict(),
+        "env": dataclasses.asdict(env.get_state()),
+        "obs": obs,
+        "rollout": collect.state_dict(),
+        "last_eval": last_eval,
+    }
+
+
+def _restore(state, agent, optimizer, rms, env, collect, device) -> tuple[int, int, Any, dict]:
+    """Load a checkpoint into the live objects; returns ``(iteration, env_steps, obs, last_eval)``."""
+    agent.load_state_dict(state["agent"])
+    optimizer.load_state_dict(state["optimizer"])
+    if (rms is None) != (state["obs_norm"] is None):
+        raise ValueError("resume: norm_obs differs from the checkpointed run")
+    if rms is not None:
+        rms.load_state_dict(state["obs_norm"])
+    env.set_state(EnvState(**state["env"]))
+    collect.load_state_dict(state["rollout"])
+    obs = state["obs"]
+    obs = {k: v.to(device) for k, v in obs.items()} if isinstance(obs, dict) else obs.to(device)
+    set_rng_state(state["rng"])
+    return int(state["iteration"]), int(state["env_steps"]), obs, dict(state.get("last_eval") or {})

@@ -1,0 +1,287 @@
+"""Policy and value networks, used functionally, and stacks of them.
+
+Networks are ordinary ``nn.Module`` s with CleanRL's initialisation (orthogonal weights, zero biases);
+learners drive them with ``torch.func.functional_call(module, params, (obs,))`` so that parameters
+are plain dicts of tensors (differentiable optimizers return new dicts, never write in place).
+Several subpolicies form a *stack*: ``torch.func.stack_module_state`` gives one dict whose tensors
+have a leading member dim ``K``, driven with ``torch.func.vmap``; `select_member` then picks member
+``index[n]`` for env ``n``, so a different subpolicy per env needs no fork of the rollout.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from hrl_nested.batch import tree_map
+from hrl_nested.distributions import Categorical, DiagGaussian, Distribution, make_distribution
+
+Obs = torch.Tensor | dict[str, torch.Tensor]
+
+
+class FastTanh(nn.Tanh):
+    """``tanh``, computed on CPU as ``2 sigmoid(2x) - 1`` (the same function to float rounding).
+
+    ATen's CPU ``tanh`` kernel is about 3x slower than its ``sigmoid``, eager and under
+    ``torch.compile`` alike, and the hidden activations dominate a small MLP's cost on CPU. On other
+    devices it is ``torch.tanh``. The branch is on the device, never on data.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            return 2.0 * torch.sigmoid(2.0 * x) - 1.0
+        return torch.tanh(x)
+
+
+class MLP(nn.Sequential):
+    """A multilayer perceptron with orthogonal init (gain ``sqrt(2)`` hidden, ``out_gain`` output, zero bias).
+
+    The init is CleanRL's ``layer_init`` (Huang et al. 2022, "The 37 implementation details of PPO").
+    ``nn.Tanh`` layers are built as `FastTanh` (a subclass: the same function, faster on CPU).
+
+    >>> MLP(4, 2)(torch.zeros(3, 4)).shape
+    torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.Tanh,
+        out_gain: float = 1.0,
+    ):
+        layers: list[nn.Module] = []
+        dims = [int(in_dim), *(int(h) for h in hidden)]
+        act = FastTanh if activation is nn.Tanh else activation
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [_init(nn.Linear(a, b), math.sqrt(2.0)), act()]
+        layers.append(_init(nn.Linear(dims[-1], int(out_dim)), out_gain))
+        super().__init__(*layers)
+
+
+def _init(layer: nn.Linear, gain: float) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _flat_dim(space: gym.Space) -> int:
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.Box):
+        return int(np.prod(space.shape))
+    raise ValueError(f"observation space: expected a Box or Discrete, got {space}")
+
+
+class ActorCritic(nn.Module):
+    """Separate actor and critic MLPs (CleanRL's PPO agent) for Discrete and 1-D Box action spaces.
+
+    Observations: a flat Box, a Discrete (one-hot encoded), or a goal ``Dict`` whose ``observation``
+    and ``desired_goal`` are concatenated. The actor's output ``dist_params`` is the logits
+    (Discrete) or ``(mean, log_std)`` concatenated on the last dim (Box; ``log_std`` is a
+    state-independent parameter), so it is always one tensor.
+
+    Args:
+        observation_space: single-env observation space.
+        action_space: single-env action space.
+        hidden: hidden layer sizes of both MLPs.
+        activation: hidden activation.
+        squash: Box actions only: ``None``, ``"tanh"``, ``"clip"`` or ``"auto"`` (see
+            `hrl_nested.distributions.DiagGaussian`).
+        log_std_init: initial log standard deviation for Box actions.
+
+    >>> ac = ActorCritic(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2))
+    >>> dist_params, value = ac(torch.zeros(8, 4))
+    >>> dist_params.shape, value.shape
+    (torch.Size([8, 2]), torch.Size([8]))
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.Tanh,
+        squash: str | None = "auto",
+        log_std_init: float = 0.0,
+    ):
+        super().__init__()
+        self.observation_space, self.action_space, self.squash = observation_space, action_space, squash
+        if isinstance(observation_space, gym.spaces.Dict):
+            if "observation" not in observation_space.spaces:
+                raise ValueError(
+                    f"observation_space: a Dict needs an 'observation' key, got {observation_space}"
+                )
+            self.obs_keys = tuple(k for k in ("observation", "desired_goal") if k in observation_space.spaces)
+            obs_dim = sum(_flat_dim(observation_space[k]) for k in self.obs_keys)
+        else:
+            self.obs_keys = ()
+            obs_dim = _flat_dim(observation_space)
+        if isinstance(action_space, gym.spaces.Discrete):
+            act_dim, self.log_std = int(action_space.n), None
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            act_dim = int(action_space.shape[0])
+            self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+        else:
+            raise ValueError(f"action_space: expected Discrete or a 1-D Box, got {action_space}")
+        self.obs_dim = obs_dim
+        self.actor = MLP(obs_dim, act_dim, hidden, activation, out_gain=0.01)
+        self.critic = MLP(obs_dim, 1, hidden, activation, out_gain=1.0)
+        # Validates squash against the space and resolves "auto".
+        probe = make_distribution(
+            action_space, torch.zeros(act_dim * (2 if self.log_std is not None else 1)), squash
+        )
+        self.squash = getattr(probe, "squash", None)
+        self._head_dim = int(probe.logits.shape[-1]) if self.log_std is None else 2 * act_dim
+        self._bounds_np = (
+            None if getattr(probe, "low", None) is None else (action_space.low, action_space.high)
+        )
+        self._bounds: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        spaces = [(k, observation_space[k]) for k in self.obs_keys] or [(None, observation_space)]
+        # (key, discrete start or None, n or number of flattened dims) as Python ints: trace-friendly
+        self._encoding = [
+            (k, int(sp.start), int(sp.n)) if isinstance(sp, gym.spaces.Discrete) else (k, None, len(sp.shape))
+            for k, sp in spaces
+        ]
+
+    def encode(self, obs: Obs) -> torch.Tensor:
+        """The flat float input ``(..., obs_dim)`` of both MLPs."""
+        if self.obs_keys and not isinstance(obs, Mapping):
+            raise ValueError(f"obs: expected a dict with keys {self.obs_keys}, got {type(obs).__name__}")
+        dtype = self.actor[0].weight.dtype
+        parts = []
+        for key, start, n in self._encoding:
+            x = obs if key is None else obs[key]
+            if start is not None:  # Discrete: one-hot
+                parts.append(nn.functional.one_hot(x.long() - start, n).to(dtype))
+            else:  # Box: flatten the space's n trailing dims
+                parts.append(x.reshape(*x.shape[: x.dim() - n], -1).to(dtype))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(dist_params, value)``: ``(..., n)`` logits or ``(..., 2 d)`` mean and log-std, and ``(...)``."""
+        x = self.encode(obs)
+        out = self.actor(x)
+        if self.log_std is not None:
+            out = torch.cat([out, self.log_std.expand_as(out)], -1)
+        return out, self.critic(x).squeeze(-1)
+
+    def distribution(self, dist_params: torch.Tensor) -> Distribution:
+        """The action distribution for ``dist_params``.
+
+        Only Python ints and cached device tensors are touched here (no numpy), so the call traces
+        into one ``torch.compile`` graph and is safe inside a CUDA-graph capture.
+        """
+        if dist_params.shape[-1] != self._head_dim:
+            raise ValueError(
+                f"dist_params: expected last dim {self._head_dim}, got {tuple(dist_params.shape)}"
+            )
+        if self.log_std is None:
+            return Categorical(dist_params)
+        low = high = None
+        if self._bounds_np is not None:
+            key = (dist_params.device, dist_params.dtype)
+            if key not in self._bounds:
+                self._bounds[key] = tuple(
+                    torch.as_tensor(b, dtype=key[1], device=key[0]) for b in self._bounds_np
+                )
+            low, high = self._bounds[key]
+        mean, log_std = dist_params.split(self._head_dim // 2, dim=-1)
+        return DiagGaussian(mean, log_std, squash=self.squash, low=low, high=high)
+
+    def value(self, obs: Obs) -> torch.Tensor:
+        """``V(obs)`` alone, shape ``(...)``."""
+        return self.critic(self.encode(obs)).squeeze(-1)
+
+
+def params_of(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``{name: parameter}`` for ``functional_call``; the live parameters (gradients reach the module).
+
+    >>> sorted(params_of(nn.Linear(2, 1)))
+    ['bias', 'weight']
+    """
+    return dict(module.named_parameters())
+
+
+def stack_modules(modules: Sequence[nn.Module]) -> tuple[dict[str, torch.Tensor], nn.Module]:
+    """Stack K same-architecture modules: ``({name: (K, ...) tensor}, base_module)``.
+
+    The stacked tensors are fresh leaves that require grad (``torch.func.stack_module_state``); the base
+    module is a structural copy on the ``meta`` device, to be called only through `vmap_apply` (or
+    ``functional_call``) with real parameters.
+
+    >>> params, base = stack_modules([MLP(4, 2) for _ in range(3)])
+    >>> params["0.weight"].shape
+    torch.Size([3, 64, 4])
+    """
+    if len(modules) == 0:
+        raise ValueError("modules: expected at least one module")
+    params, buffers = stack_module_state(list(modules))
+    if buffers:
+        raise ValueError(f"stack_modules: modules with buffers are not supported, got {sorted(buffers)}")
+    base = copy.deepcopy(modules[0]).to("meta")
+    return params, base
+
+
+def vmap_apply(
+    base: nn.Module, stacked_params: Mapping[str, torch.Tensor], obs: Any, per_member_obs: bool = False
+) -> Any:
+    """Call every member of a stack: outputs with a leading member dim ``K``.
+
+    Args:
+        base: the module giving the architecture (e.g. from `stack_modules`).
+        stacked_params: ``{name: (K, ...)}``.
+        obs: the input, shared by every member, or with ``per_member_obs=True`` a leading ``K`` dim
+            (member k sees ``obs[k]``). Any pytree of tensors (a goal ``dict`` is fine).
+        per_member_obs: whether ``obs`` has the leading member dim.
+
+    Returns:
+        The module's output pytree, each tensor with a leading ``K`` dim.
+
+    >>> params, base = stack_modules([MLP(4, 2) for _ in range(3)])
+    >>> vmap_apply(base, params, torch.zeros(5, 4)).shape
+    torch.Size([3, 5, 2])
+    """
+    k = {int(v.shape[0]) for v in stacked_params.values()}
+    if len(k) != 1:
+        raise ValueError(f"stacked_params: expected one leading member dim, got sizes {sorted(k)}")
+    in_dims = (0, 0 if per_member_obs else None)
+    return vmap(lambda p, o: functional_call(base, p, (o,)), in_dims=in_dims)(dict(stacked_params), obs)
+
+
+def select_member(outputs: Any, index: torch.Tensor) -> Any:
+    """Pick member ``index[n]`` for env ``n``: ``out[index[n], n]`` for every tensor of ``outputs``.
+
+    Args:
+        outputs: a pytree of ``(K, N, ...)`` tensors (e.g. from `vmap_apply`).
+        index: int ``(N,)`` member per env.
+
+    Returns:
+        The same pytree with ``(N, ...)`` tensors.
+
+    >>> out = torch.arange(6.0).reshape(3, 2)  # K=3 members, N=2 envs
+    >>> select_member(out, torch.tensor([2, 0])).tolist()
+    [4.0, 1.0]
+    """
+    if index.dim() != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
+        raise ValueError(
+            f"index: expected an int tensor of shape (N,), got {index.dtype} {tuple(index.shape)}"
+        )
+    n = index.shape[0]
+    env = torch.arange(n, device=index.device)
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != n:
+            raise ValueError(f"outputs: expected (K, N={n}, ...) tensors, got {tuple(x.shape)}")
+        return x[index.long(), env]
+
+    return tree_map(pick, outputs)
