@@ -8,8 +8,11 @@ episode per eval env, a fresh env seed per evaluation). Both learners are evalua
 cadence in environment steps (``--eval-every-steps``, default 8192: every iteration of our PPO, whose
 batch is 128 envs x 64 steps, and every 32 rollouts of SB3's 8 envs x 32 steps). The clock starts
 before the envs and the model are built and includes every evaluation and any compilation; the
-compile / graph-capture time is also reported on its own. Reported: the median over seeds, each seed,
-and for SB3 also the time of its whole 100k-step budget (rl-zoo's hyperparameters for CartPole-v1).
+compile / graph-capture time is also reported on its own. By default an evaluation whose mean can no
+longer reach the threshold is cut short, by the same rule for both learners (``--no-eval-early-stop``
+runs every evaluation in full; see ``BenchConfig.eval_early_stop``). Reported: the median over seeds,
+each seed, and for SB3 also the time of its whole 100k-step budget (rl-zoo's hyperparameters for
+CartPole-v1).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from hrl_nested.algos import Task, resolve_device
 from hrl_nested.algos.ppo import PPOConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MAX_RETURN = 500.0  # CartPole-v1: reward 1 per step, truncated at 500 steps (ours and Gymnasium's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +62,13 @@ class BenchConfig:
     """Also run Stable-Baselines3 (``--no-sb3`` to skip it)."""
     sb3_total_steps: int = 100_000
     """SB3's budget (rl-zoo: 1e5); it is always run to the end, time to first solve recorded on the way."""
+    eval_early_stop: bool = True
+    """For both learners alike: end an evaluation as soon as its mean can no longer reach ``threshold``
+    even if every episode still running reaches CartPole's maximum return (500), i.e. when
+    ``sum over finished episodes of (500 - return) > episodes * (500 - threshold)``. The outcome
+    ("not solved") is then certain, so the time to solve is measured the same, minus hopeless
+    evaluation steps. Checked after every env step: ours in `evaluate`, SB3's through
+    ``evaluate_policy``'s per-step callback. ``--no-eval-early-stop`` runs every evaluation in full."""
     threads: int = 1
     """torch CPU threads for both learners (1, as ``experiments/train.py`` uses; 0: torch's default)."""
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
@@ -71,7 +82,7 @@ def run_ours(cfg: BenchConfig, seed: int, device: str, compile: bool, capture: s
     batch = cfg.num_envs * cfg.ppo.num_steps
     ppo = dataclasses.replace(
         cfg.ppo, eval_every=max(1, round(cfg.eval_every_steps / batch)), stop_at_return=cfg.threshold,
-        compile=compile, capture=capture,
+        compile=compile, capture=capture, eval_max_return=MAX_RETURN if cfg.eval_early_stop else None,
     )  # fmt: skip
     task = Task(total_steps=cfg.total_steps, num_envs=cfg.num_envs, seed=seed, device=device,
                 eval_episodes=cfg.eval_episodes)  # fmt: skip
@@ -103,6 +114,23 @@ def run_sb3(cfg: BenchConfig, seed: int) -> dict[str, Any]:
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    class Hopeless(Exception):
+        """Raised inside ``evaluate_policy`` once the mean can no longer reach the threshold."""
+
+    def stop_if_hopeless(locals_: dict[str, Any], _globals: dict[str, Any]) -> None:
+        """``evaluate_policy``'s callback (called per env per step): the same rule as our `evaluate`.
+
+        Episodes counted as finished: those already appended, plus env ``i`` if it is done now (it is
+        appended after this call); every other unfinished episode is assumed to reach MAX_RETURN."""
+        i, counts, targets = locals_["i"], locals_["episode_counts"], locals_["episode_count_targets"]
+        finished = sum(float(r) for r in locals_["episode_rewards"])
+        unfinished = int((counts < targets).sum())
+        if locals_["done"]:
+            finished += float(locals_["current_rewards"][i])
+            unfinished -= 1
+        if finished + unfinished * MAX_RETURN < cfg.eval_episodes * cfg.threshold:
+            raise Hopeless
+
     class SolveTimer(BaseCallback):
         """Evaluates every ``eval_every_steps`` env steps; records the time of the first solve."""
 
@@ -118,8 +146,12 @@ def run_sb3(cfg: BenchConfig, seed: int) -> dict[str, Any]:
             self.next_eval += cfg.eval_every_steps
             t = time.perf_counter()
             self.eval_env.seed(seed + 7919 * self.evals)
-            mean, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=cfg.eval_episodes,
-                                      deterministic=True)  # fmt: skip
+            hopeless = stop_if_hopeless if cfg.eval_early_stop else None
+            try:
+                mean, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=cfg.eval_episodes,
+                                          deterministic=True, callback=hopeless)  # fmt: skip
+            except Hopeless:
+                mean = -math.inf  # certainly below the threshold
             self.evals += 1
             self.eval_time += time.perf_counter() - t
             if self.solved_at is None and mean >= cfg.threshold:
@@ -196,7 +228,9 @@ def main(cfg: BenchConfig) -> dict[str, Any]:
     sb3_total = statistics.median([r["total_time_s"] for r in results["sb3"]]) if cfg.sb3 else None
     lines = [
         f"CartPole-v1 time to solve (eval mean >= {cfg.threshold:g} over {cfg.eval_episodes} episodes, "
-        f"evaluated every {cfg.eval_every_steps} env steps), median of seeds {list(cfg.seeds)}; "
+        f"evaluated every {cfg.eval_every_steps} env steps"
+        f"{', hopeless evaluations cut short for both' if cfg.eval_early_stop else ''}), "
+        f"median of seeds {list(cfg.seeds)}; "
         f"device {device}, {torch.get_num_threads()} torch threads",
         "| learner | median s to solve | per seed s | env steps to solve | eval s (to solve) | compile s "
         "| SB3 / this |",

@@ -35,7 +35,7 @@ class Categorical:
             raise ValueError(
                 f"logits: expected a float tensor of shape (..., n), got {logits.dtype} {tuple(logits.shape)}"
             )
-        self.logits = logits - logits.logsumexp(-1, keepdim=True)
+        self.logits = torch.log_softmax(logits, -1)  # one op; ``logits - logsumexp`` to rounding
 
     @property
     def probs(self) -> torch.Tensor:
@@ -46,8 +46,8 @@ class Categorical:
         u = torch.rand(
             self.logits.shape, dtype=self.logits.dtype, device=self.logits.device, generator=generator
         )
-        u = u.clamp_min(torch.finfo(u.dtype).tiny)
-        return (self.logits.detach() - (-u.log()).log()).argmax(-1)
+        g = u.clamp_min_(torch.finfo(u.dtype).tiny).log_().neg_().log_()  # in place on a fresh tensor
+        return (self.logits.detach() - g).argmax(-1)
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
         """``log p(action)``, shape ``(...)`` (``action`` holds integer indices)."""

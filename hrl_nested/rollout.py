@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 from torch import nn
-from torch.func import functional_call
 
 from hrl_nested.batch import Batch, tree_map
 from hrl_nested.distributions import DiagGaussian
+from hrl_nested.networks import actor_critic_apply
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
 CAPTURE_MODES = ("auto", "none", "static", "cuda_graph")
@@ -89,7 +89,7 @@ def actor_critic_policy(module: nn.Module) -> PolicyFn:
     """
 
     def policy_fn(params: dict[str, torch.Tensor], obs: Obs, carry: Any) -> PolicyOutput:
-        dist_params, value = functional_call(module, params, (obs,))
+        dist_params, value = actor_critic_apply(module, params, obs)
         dist = module.distribution(dist_params)
         if isinstance(dist, DiagGaussian):
             action, logprob = dist.sample_and_log_prob()

@@ -164,3 +164,64 @@ def test_fast_tanh_equals_tanh_with_gradients():
     torch.testing.assert_close(FastTanh()(x32), torch.tanh(x32), atol=3e-7, rtol=0)
     assert isinstance(MLP(2, 1)[1], FastTanh) and isinstance(MLP(2, 1)[1], torch.nn.Tanh)
     assert isinstance(MLP(2, 1, activation=torch.nn.ReLU)[1], torch.nn.ReLU)
+
+
+def test_fast_tanh_sigmoid_form_for_large_cpu_tensors():
+    # Large tensors take the ``2 sigmoid(2x) - 1`` branch, small ones ``torch.tanh``: both equal tanh.
+    for n in (100, 64 * 128):
+        x = (torch.randn(n, dtype=torch.float64) * 10).requires_grad_(True)
+        y = FastTanh()(x)
+        torch.testing.assert_close(y, torch.tanh(x), atol=1e-15, rtol=1e-12)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(g, 1 - torch.tanh(x.detach()) ** 2, atol=1e-14, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "obs_space,act_space,activation",
+    [
+        (OBS, gym.spaces.Discrete(3), torch.nn.Tanh),
+        (OBS, gym.spaces.Box(-1.0, 1.0, (2,), np.float32), torch.nn.Tanh),
+        (GOAL_OBS, gym.spaces.Discrete(2), torch.nn.ReLU),
+    ],
+)
+def test_actor_critic_apply_equals_functional_call_with_gradients(obs_space, act_space, activation):
+    from hrl_nested.networks import actor_critic_apply
+
+    torch.manual_seed(0)
+    ac = ActorCritic(obs_space, act_space, hidden=(16, 8), activation=activation)
+    params = {
+        k: (v.detach() + 0.1 * torch.randn_like(v)).requires_grad_(True) for k, v in params_of(ac).items()
+    }
+    obs = tree_obs = obs_space.sample()
+    if isinstance(obs_space, gym.spaces.Dict):
+        tree_obs = {k: torch.as_tensor(np.stack([obs_space[k].sample() for _ in range(5)])) for k in obs}
+    else:
+        tree_obs = torch.as_tensor(np.stack([obs_space.sample() for _ in range(5)]))
+    ref_out, ref_v = functional_call(ac, params, (tree_obs,))
+    out, v = actor_critic_apply(ac, params, tree_obs)
+    torch.testing.assert_close(out, ref_out, atol=0, rtol=0)
+    torch.testing.assert_close(v, ref_v, atol=0, rtol=0)
+    ref_g = torch.autograd.grad(
+        (ref_out.square().sum() + ref_v.sum()), list(params.values()), allow_unused=True
+    )
+    g = torch.autograd.grad((out.square().sum() + v.sum()), list(params.values()), allow_unused=True)
+    for a, b in zip(g, ref_g):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+    actor_only, none = actor_critic_apply(ac, params, tree_obs, critic=False)
+    assert none is None
+    torch.testing.assert_close(actor_only, ref_out, atol=0, rtol=0)
+
+
+def test_actor_critic_apply_falls_back_to_functional_call_with_hooks():
+    from hrl_nested.networks import actor_critic_apply
+
+    ac = ActorCritic(OBS, gym.spaces.Discrete(2))
+    ac.actor[0].register_forward_hook(lambda m, i, o: o * 0.0)  # a hook must be honoured
+    params = params_of(ac)
+    obs = torch.randn(3, 4)
+    ref_out, ref_v = functional_call(ac, params, (obs,))
+    out, v = actor_critic_apply(ac, params, obs)
+    torch.testing.assert_close(out, ref_out, atol=0, rtol=0)
+    torch.testing.assert_close(v, ref_v, atol=0, rtol=0)

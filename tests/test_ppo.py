@@ -225,3 +225,46 @@ def test_config_is_frozen_and_documented():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.lr = 1.0  # type: ignore[misc]
     assert cfg.num_steps * Task().num_envs % cfg.num_minibatches == 0
+
+
+def test_evaluate_equals_a_slow_reference_loop():
+    # The lean loop (raw-logit argmax, actor from the parameter dict, stats read once) gives exactly the
+    # returns of the obvious loop through the module, its distribution's mode and rms.normalize.
+    env = envs.make("hrl_nested/CartPole-v1", 6, autoreset_mode="same_step", validate=False)
+    torch.manual_seed(3)
+    agent = ActorCritic(env.single_observation_space, env.single_action_space)
+    rms = ObsNormalizer(env.single_observation_space)
+    rms.update(torch.randn(64, 4) * torch.tensor([1.0, 0.5, 0.1, 0.5]))
+    with torch.no_grad():
+        agent.actor[-1].weight.mul_(100.0)  # a policy that balances for a while
+    out = evaluate(agent, env, rms, seed=5)
+    obs, _ = env.reset(seed=5)
+    ret, length, done = torch.zeros(6), torch.zeros(6), torch.zeros(6, dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(500):
+            action = agent.distribution(agent(rms.normalize(obs))[0]).mode()
+            obs, reward, term, trunc, _ = env.step(action)
+            ret += reward * ~done
+            length += ~done
+            done |= term | trunc
+            if done.all():
+                break
+    assert out == {"eval_return_mean": float(ret.mean()), "eval_length_mean": float(length.mean())}
+
+
+def test_evaluate_early_stop_only_when_the_target_is_out_of_reach():
+    env = envs.make("hrl_nested/CartPole-v1", 8, autoreset_mode="same_step", validate=False)
+    torch.manual_seed(0)
+    agent = ActorCritic(env.single_observation_space, env.single_action_space)  # a poor policy
+    full = evaluate(agent, env, None, seed=0)
+    assert full["eval_return_mean"] < 475
+    # Out of reach: stops early, flagged, and the partial mean is still below the target.
+    cut = evaluate(agent, env, None, seed=0, stop_if_below=(475.0, 500.0))
+    assert cut["eval_stopped_early"] == 1.0 and cut["eval_return_mean"] < 475
+    assert cut["eval_length_mean"] <= full["eval_length_mean"]
+    # A target the policy meets is never cut short: the full result, unflagged.
+    assert evaluate(agent, env, None, seed=0, stop_if_below=(1.0, 500.0)) == full
+    # The rule never fires while the target is reachable: even a target just below the final mean
+    # (the best case at every step is at least the final sum) runs in full.
+    target = full["eval_return_mean"] - 1e-3
+    assert "eval_stopped_early" not in evaluate(agent, env, None, seed=0, stop_if_below=(target, 500.0))
