@@ -12,6 +12,14 @@ per-env variables, with the Gymnasium-layout physics under ``"state"``):
   being reset). ``draw.uniform(lanes)`` gives per-env uniforms.
 - ``_transition(vars, action, draw) -> (vars, reward, terminated)``: one step for every env.
 - ``_observe(vars) -> obs``: a tensor, or a dict of tensors for ``Dict`` spaces.
+
+Hooks must be pure tensor functions of their inputs (no Python branches on tensor values), so that
+the same code runs eagerly, under ``torch.compile`` and inside a captured CUDA graph. The step itself
+(`envs.fused.fused_step`) is shared by every env; ``compile=True`` turns it into one kernel.
+
+``(N, D)`` variables are stored column-major (strides ``(1, N)``): still ``(N, D)`` tensors, row ``i``
+for env ``i``, but each column is contiguous, which is what a vectorized kernel over envs reads.
+Observations are always returned contiguous.
 """
 
 from __future__ import annotations
@@ -33,9 +41,10 @@ from envs.rng import Draw
 
 __all__ = ["Draw", "EnvState", "Obs", "TorchVectorEnv", "parse_autoreset_mode"]
 
-# Attributes the env itself assigns after construction; assigning any other attribute tells a
+# Attributes assigned after construction that the step itself does not read (the env's own
+# bookkeeping, and ``validate``, checked before the step); assigning any other attribute tells a
 # compiled step that the configuration may have changed.
-_STATE_ATTRIBUTES = frozenset({"_seeded", "_config_version"})
+_STATE_ATTRIBUTES = frozenset({"_seeded", "_config_version", "validate"})
 
 
 @dataclasses.dataclass
@@ -44,7 +53,7 @@ class EnvState:
 
     Attributes:
         vars: the env's per-env variables: ``"state"`` (physics, Gymnasium layout) and any task
-            variables such as goals.
+            variables such as goals (``(N, D)`` ones column-major, as the env stores them).
         elapsed: int64 ``(N,)`` steps since each env's last reset (for the time limit).
         needs_reset: bool ``(N,)`` envs whose next ``step`` is a NEXT_STEP autoreset.
         rng_key: int64 ``(N,)`` per-env random keys (from seed and env index).
@@ -65,6 +74,7 @@ class EnvState:
         return out
 
     def to(self, device: torch.device | str) -> EnvState:
+        """The same state on ``device``."""
         return EnvState(
             vars={k: v.to(device) for k, v in self.vars.items()},
             elapsed=self.elapsed.to(device),
@@ -118,12 +128,15 @@ class TorchVectorEnv(VectorEnv):
         validate: check action *values* (range, NaN) on every step. Costs a host sync on CUDA;
             turn off on the fast rollout path. Shape, dtype and device are always checked.
         compile: run the step through ``torch.compile``: the transition, the autoreset, the time limit
-            and every in-place buffer write become one fused kernel (CPU and CUDA). The first step
-            compiles (seconds); validation, when on, stays outside the kernel.
+            and every in-place buffer write become one fused kernel (CPU and CUDA), called without
+            dynamo's per-call overhead (`envs.fused.CompiledStep`). The first step compiles (seconds,
+            see ``compile_seconds``); validation, when on, stays outside the kernel. Assigning an
+            attribute of the env later (``env.max_episode_steps = 100``) triggers a re-trace.
 
-    Class attributes:
-        clip_actions: ``True`` for tasks whose Gymnasium original clips a ``Box`` action itself
-            (Pendulum, MountainCarContinuous); otherwise ``validate`` rejects out-of-bounds actions.
+    Attributes:
+        clip_actions: class attribute, ``True`` for tasks whose Gymnasium original clips a ``Box``
+            action itself (Pendulum, MountainCarContinuous); otherwise ``validate`` rejects
+            out-of-bounds actions.
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
@@ -212,7 +225,8 @@ class TorchVectorEnv(VectorEnv):
             if not all(math.isfinite(v) for v in mn + mx):  # aminmax propagates NaN
                 i = int((~torch.isfinite(flat)).any(-1).nonzero()[0, 0])
                 raise ValueError(
-                    f"actions: expected finite values for {space}, got {action[i].tolist()} (NaN/inf) at env {i}"
+                    f"actions: expected finite values for {space}, "
+                    f"got {action[i].tolist()} (NaN/inf) at env {i}"
                 )
             if not self.clip_actions:
                 low, high = self._box_bounds
@@ -348,7 +362,9 @@ class TorchVectorEnv(VectorEnv):
         self._action_shape = torch.Size(self.action_space.shape)
         self._discrete_action = isinstance(space, gym.spaces.Discrete)
         self._box_action = isinstance(space, gym.spaces.Box)
-        self._discrete_range = (int(space.start), int(space.start + space.n)) if self._discrete_action else None
+        self._discrete_range = (
+            (int(space.start), int(space.start + space.n)) if self._discrete_action else None
+        )
         if self._box_action:
             low = np.broadcast_to(space.low, space.shape).reshape(-1).astype(np.float64)
             high = np.broadcast_to(space.high, space.shape).reshape(-1).astype(np.float64)
@@ -397,7 +413,8 @@ class TorchVectorEnv(VectorEnv):
             src = torch.as_tensor(np.asarray(src))
         if src.shape != dst.shape or src.dtype != dst.dtype:
             raise ValueError(
-                f"{name}: expected {dst.dtype} of shape {tuple(dst.shape)}, got {src.dtype} of shape {tuple(src.shape)}"
+                f"{name}: expected {dst.dtype} of shape {tuple(dst.shape)}, "
+                f"got {src.dtype} of shape {tuple(src.shape)}"
             )
         dst.copy_(src)
 
@@ -406,5 +423,3 @@ class TorchVectorEnv(VectorEnv):
             f"{type(self).__name__}(num_envs={self.num_envs}, device={self.device}, dtype={self.dtype}, "
             f"autoreset_mode={self.autoreset_mode.name}, max_episode_steps={self.max_episode_steps})"
         )
-
-

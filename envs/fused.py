@@ -5,9 +5,10 @@ transition, Gymnasium's autoreset (NEXT_STEP or SAME_STEP), the time limit and t
 of every buffer. Eager, it is simply called. With ``compile=True``, `CompiledStep` turns it into
 one inductor kernel and calls that kernel directly:
 
-- ``torch.compile`` (dynamo) traces the step once and lowers it with inductor, after a small graph
-  rewrite (`fold_unbind_of_stack`) that keeps per-column expressions apart, so the whole step stays
-  one vectorized loop over envs on CPU.
+- ``torch.compile`` (dynamo) traces the step once and inductor lowers it to one kernel (on CPU a
+  C++/OpenMP loop over envs). Compiled, the step selects and writes ``(N, D)`` variables column by
+  column (`_select`, `_write`) and stores bool flags through uint8 (`_flag`): both keep inductor's
+  CPU loops vectorized, 1.2x to 2.4x faster on the classic-control tasks than whole-tensor selects.
 - Dynamo re-checks its guards and rebuilds Python frames on every call: about 25 us, as much as the
   kernel itself for 4096 CartPoles on two cores. `CompiledStep` therefore keeps the compiled graph
   and its exact inputs (the env's buffers are fixed objects; only the action changes) and calls it
@@ -19,7 +20,6 @@ one inductor kernel and calls that kernel directly:
 
 from __future__ import annotations
 
-import operator
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -47,8 +47,6 @@ def _contiguous(obs: Obs) -> Obs:
     if isinstance(obs, Mapping):
         return {k: _contiguous(v) for k, v in obs.items()}
     return obs.contiguous()
-
-
 
 
 _MAX_COLUMNS = 16  # wider (N, D) variables are selected and written as whole tensors
@@ -88,8 +86,6 @@ def _flag(b: torch.Tensor, via_uint8: bool) -> torch.Tensor:
     if not via_uint8:
         return b
     return torch.where(b, 1, 0).to(torch.uint8).view(torch.bool)
-
-
 
 
 def fused_step(
@@ -150,8 +146,6 @@ def fused_step(
     return obs, reward, _flag(terminated, u8), _flag(truncated, u8), info
 
 
-
-
 def _private_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with a code object of its own.
 
@@ -163,58 +157,10 @@ def _private_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
     return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
-def _dim(node: torch.fx.Node, pos: int, rank_of: torch.fx.Node, extra: int) -> int | None:
-    """The (non-negative) ``dim`` argument of an FX ``stack`` / ``unbind`` node."""
-    dim = node.args[pos] if len(node.args) > pos else node.kwargs.get("dim", 0)
-    value = rank_of.meta.get("example_value")
-    if not isinstance(dim, int) or not isinstance(value, torch.Tensor):
-        return None
-    return dim % (value.dim() + extra)
-
-
-def _is_call(node: Any, fn: Callable[..., Any], method: str) -> bool:
-    return isinstance(node, torch.fx.Node) and (
-        (node.op == "call_function" and node.target is fn)
-        or (node.op == "call_method" and node.target == method)
-    )
-
-
-def fold_unbind_of_stack(gm: torch.fx.GraphModule) -> None:
-    """Rewrite ``torch.stack(xs, d).unbind(d)[j]`` to ``xs[j]`` in a dynamo graph.
-
-    Hooks return ``(N, D)`` tensors built with ``torch.stack`` and the step takes them apart again
-    column by column; inductor's CPU backend would materialize each stack as a buffer first.
-    """
-    changed = False
-    for node in list(gm.graph.nodes):
-        if not (node.op == "call_function" and node.target is operator.getitem):
-            continue
-        unbind, j = node.args
-        if not _is_call(unbind, torch.unbind, "unbind") or not isinstance(j, int):
-            continue
-        stack = unbind.args[0]
-        if not _is_call(stack, torch.stack, "stack") or not isinstance(stack.args[0], list | tuple):
-            continue
-        d_unbind = _dim(unbind, 1, stack, 0)
-        d_stack = _dim(stack, 1, stack, 0)
-        if d_unbind is None or d_unbind != d_stack:
-            continue
-        node.replace_all_uses_with(stack.args[0][j])
-        gm.graph.erase_node(node)
-        if not unbind.users:  # only this node; not a general dead-code pass, which drops ``copy_``
-            gm.graph.erase_node(unbind)
-        changed = True
-    if changed:
-        gm.recompile()
-
-
-
-
 def inductor_backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
-    """The inductor backend of ``torch.compile``, after `fold_unbind_of_stack`."""
+    """The inductor backend of ``torch.compile`` (what ``backend="inductor"`` runs)."""
     from torch._inductor.compile_fx import compile_fx
 
-    fold_unbind_of_stack(gm)
     return compile_fx(gm, example_inputs)
 
 
@@ -288,7 +234,9 @@ class CompiledStep:
         def backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
             compiled = inductor_backend(gm, example_inputs)
             out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-            captured.append((compiled, list(example_inputs), len(out) if isinstance(out, tuple | list) else -1))
+            captured.append(
+                (compiled, list(example_inputs), len(out) if isinstance(out, tuple | list) else -1)
+            )
             return compiled
 
         start = time.perf_counter()

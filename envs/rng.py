@@ -36,9 +36,7 @@ def seed_keys(seeds: torch.Tensor, env_index: torch.Tensor) -> torch.Tensor:
     return mix32(mix32(mix32(hi + _GOLDEN) ^ lo) + mix32(env_index * 2 + 1))
 
 
-def random_bits(
-    key: torch.Tensor, counter: torch.Tensor, stream: int, lanes: int
-) -> torch.Tensor:
+def random_bits(key: torch.Tensor, counter: torch.Tensor, stream: int, lanes: int) -> torch.Tensor:
     """32-bit random integers, shape ``(num_envs, lanes)``, for one (stream, counter) of each env."""
     lane = torch.arange(lanes, device=key.device, dtype=torch.int64)
     base = mix32(key ^ mix32(counter * 0x2545F491 + stream * _GOLDEN))  # (N,)
@@ -53,7 +51,10 @@ def uniform(
     float32 uses the top 24 bits (exactly representable, never rounds up to 1.0); float64 joins two
     hashes for 53 bits.
     """
-    bits = random_bits(key, counter, stream, lanes)
+    return _to_unit(random_bits(key, counter, stream, lanes), dtype)
+
+
+def _to_unit(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.float64:
         extra = mix32(bits ^ 0x5BD1E995)
         mant = (bits >> 11) * (1 << 32) + extra  # 21 + 32 = 53 bits
@@ -62,14 +63,29 @@ def uniform(
 
 
 class Draw:
-    """Per-env random numbers for one (stream, counter); each call takes fresh lanes."""
+    """Per-env random numbers for one (stream, counter) of every env; each call takes fresh lanes.
+
+    The base class hands one to ``_sample_reset`` and one to ``_transition``; row ``i`` of every draw
+    depends only on env ``i``'s key and counter.
+
+    Args:
+        key: int64 ``(N,)`` per-env keys (`seed_keys`).
+        counter: int64 ``(N,)`` per-env counters.
+        stream: which stream (reset or step) the draws belong to.
+        dtype: float dtype of `uniform`.
+
+    >>> keys = seed_keys(torch.zeros(3, dtype=torch.int64), torch.arange(3))
+    >>> d = Draw(keys, torch.zeros(3, dtype=torch.int64), 0, torch.float32)
+    >>> d.uniform(2, -1.0, 1.0).shape
+    torch.Size([3, 2])
+    """
 
     def __init__(self, key: torch.Tensor, counter: torch.Tensor, stream: int, dtype: torch.dtype):
         self.key, self.counter, self.stream, self.dtype = key, counter, stream, dtype
         self._used = 0
 
     def uniform(self, lanes: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-        """``(N, lanes)`` uniforms in ``[low, high)``."""
+        """``(N, lanes)`` uniforms in ``[low, high)``: ``low + (high - low) * u``."""
         u = uniform(self.key, self.counter, self.stream * 1024 + self._used, lanes, self.dtype)
         self._used += 1
         return low + (high - low) * u if (low, high) != (0.0, 1.0) else u

@@ -27,22 +27,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from gymnasium.envs.classic_control import AcrobotEnv as GymAcrobot
+from gymnasium.envs.classic_control import CartPoleEnv as GymCartPole
+from gymnasium.envs.classic_control import Continuous_MountainCarEnv as GymMCC
+from gymnasium.envs.classic_control import MountainCarEnv as GymMountainCar
+from gymnasium.envs.classic_control import PendulumEnv as GymPendulum
 from gymnasium.envs.classic_control import acrobot as gym_acrobot
-from gymnasium.envs.classic_control import (
-    AcrobotEnv as GymAcrobot,
-)
-from gymnasium.envs.classic_control import (
-    CartPoleEnv as GymCartPole,
-)
-from gymnasium.envs.classic_control import (
-    Continuous_MountainCarEnv as GymMCC,
-)
-from gymnasium.envs.classic_control import (
-    MountainCarEnv as GymMountainCar,
-)
-from gymnasium.envs.classic_control import (
-    PendulumEnv as GymPendulum,
-)
 
 from envs.classic.acrobot import AcrobotEnv
 from envs.classic.cartpole import CartPoleEnv
@@ -187,7 +177,7 @@ def gym_step(env, state: np.ndarray, action) -> tuple[np.ndarray, np.ndarray, fl
 
 
 def acrobot_step_np32(env, s32: np.ndarray, a: int):
-    """Gymnasium's Acrobot step evaluated in float32: its ``_dsdt`` / ``wrap`` / ``bound`` in a float32 RK4."""
+    """Gymnasium's Acrobot step in float32: its own ``_dsdt``, ``wrap`` and ``bound`` in a float32 RK4."""
     y0 = np.append(s32, np.float32(env.AVAIL_TORQUE[a])).astype(np.float32)
     f = lambda y: np.asarray(env._dsdt(y), dtype=np.float32)
     dt, dt2 = env.dt, env.dt / 2.0

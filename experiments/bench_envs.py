@@ -1,0 +1,243 @@
+"""Environment throughput: our torch vector envs against Gymnasium's fastest vectorization, one run.
+
+For each classic-control task and number of envs, steps per second through the public ``env.step``
+of
+
+- ``gymnasium``: ``gym.make_vec(id, num_envs, vectorization_mode=...)`` with ``"vector_entry_point"``
+  where Gymnasium registers a vector env (CartPole's ``CartPoleVectorEnv``), else ``"sync"`` (one
+  Python env per copy; only up to 4096 envs);
+- ``eager``: ``envs.make("hrl_nested/<id>", num_envs, device)``;
+- ``compiled``: the same with ``compile=True`` (the step is one inductor kernel, called directly);
+  its one-off compile time is reported in its own column.
+
+Actions are uniform random, generated up front (on the device for ours). Ours check action values
+(``validate=True``, the default) unless ``--no-validate``. Each measurement is the best of several
+timed windows, the implementations taking turns (the machine may be shared: all see the same load,
+and the best window is the least disturbed one). Prints a
+table with the ratio ours / Gymnasium and writes ``experiments/results/bench_envs_<device>.json``.
+
+    python experiments/bench_envs.py
+    python experiments/bench_envs.py --device cuda
+    python experiments/bench_envs.py --tasks CartPole-v1 --num-envs-list 4096 --window-s 0.2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch._inductor.config
+import tyro
+
+import envs
+
+TASKS = ("CartPole-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Acrobot-v1", "Pendulum-v1")
+SYNC_MAX_ENVS = 4096
+
+
+@dataclasses.dataclass
+class Config:
+    device: str = "cpu"
+    """torch device of our envs (Gymnasium's always run on the CPU, in NumPy)."""
+    num_envs_list: tuple[int, ...] | None = None
+    """numbers of envs; default 1 64 4096, plus 65536 1048576 on CUDA."""
+    tasks: tuple[str, ...] = TASKS
+    """Gymnasium ids (ours are ``hrl_nested/<id>``)."""
+    window_s: float = 0.1
+    """target length of one timed window."""
+    budget_s: float = 1.0
+    """measuring time per (task, num_envs) and implementation."""
+    validate: bool = True
+    """check action values in our envs (the default for users)."""
+    compiled: bool = True
+    """also measure ``compile=True``."""
+    threads: int | None = None
+    """torch intra-op threads (also those of the compiled kernels); default: torch's (one per core)."""
+    cold_compile: bool = False
+    """disable inductor's caches, so that compile times are those of a first run on a fresh machine."""
+    out: Path | None = None
+    """JSON output; default experiments/results/bench_envs_<device>.json."""
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        if self.num_envs_list is not None:
+            return self.num_envs_list
+        return (1, 64, 4096, 65536, 1048576) if torch.device(self.device).type == "cuda" else (1, 64, 4096)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """One implementation under test: its ``step``, pre-generated actions, and its timing window."""
+
+    def __init__(self, step: Callable[[Any], Any], actions: list[Any], device: torch.device, compile_s=None):
+        self.step, self.actions, self.device = step, actions, device
+        self.compile_s = compile_s
+        self.window = 1
+        self.best = float("inf")  # seconds per step
+
+    def warm_up(self, window_s: float) -> None:
+        for a in self.actions[:3]:
+            self.step(a)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self.step(self.actions[0])
+        _sync(self.device)
+        per_step = max(time.perf_counter() - t0, 1e-7)
+        self.window = max(1, min(len(self.actions), int(window_s / per_step)))
+
+    def time_window(self) -> None:
+        t = time.perf_counter()
+        for i in range(self.window):
+            self.step(self.actions[i])
+        _sync(self.device)
+        self.best = min(self.best, (time.perf_counter() - t) / self.window)
+
+
+def measure(runners: dict[str, Runner], cfg: Config) -> None:
+    """Best seconds per step of each runner, timing their windows in turn (round robin).
+
+    Interleaving exposes every implementation to the same machine load; the best window of each is
+    its least disturbed one.
+    """
+    for r in runners.values():
+        r.warm_up(cfg.window_s)
+    start = time.perf_counter()
+    while True:
+        for r in runners.values():
+            r.time_window()
+        if time.perf_counter() - start > cfg.budget_s * len(runners):
+            break
+
+
+def gymnasium_runner(task: str, n: int) -> tuple[str, Runner | None]:
+    mode = "vector_entry_point" if gym.spec(task).vector_entry_point is not None else "sync"
+    if mode == "sync" and n > SYNC_MAX_ENVS:
+        return mode, None
+    env = gym.make_vec(task, num_envs=n, vectorization_mode=mode)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    actions = [env.action_space.sample() for _ in range(64)]
+    return mode, Runner(env.step, actions, torch.device("cpu"))
+
+
+def our_runner(task: str, n: int, cfg: Config, compile: bool) -> Runner:
+    """``hrl_nested/<task>`` on ``cfg.device``; a compiled env is compiled here (timed)."""
+    env = envs.make(
+        f"hrl_nested/{task}", num_envs=n, device=cfg.device, validate=cfg.validate, compile=compile
+    )
+    env.reset(seed=0)
+    g = torch.Generator(device=env.device).manual_seed(0)
+    space = env.single_action_space
+    if isinstance(space, gym.spaces.Discrete):
+        acts = torch.randint(0, int(space.n), (64, n), generator=g, device=env.device)
+    else:  # uniform in the Box bounds
+        lo = torch.as_tensor(space.low, dtype=env.dtype, device=env.device)
+        hi = torch.as_tensor(space.high, dtype=env.dtype, device=env.device)
+        u = torch.rand((64, n, *space.shape), generator=g, device=env.device, dtype=env.dtype)
+        acts = lo + (hi - lo) * u
+    actions = list(acts.unbind(0))
+    env.step(actions[0])  # compiles, when compiled
+    _sync(env.device)
+    return Runner(env.step, actions, env.device, env.compile_seconds if compile else None)
+
+
+def main(cfg: Config) -> list[dict[str, Any]]:
+    if cfg.cold_compile:
+        torch._inductor.config.force_disable_caches = True
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rows = []
+    for task in cfg.tasks:
+        for n in cfg.sizes:
+            mode, gym_run = gymnasium_runner(task, n)
+            runners = {"eager": our_runner(task, n, cfg, compile=False)}
+            if cfg.compiled:
+                runners["compiled"] = our_runner(task, n, cfg, compile=True)
+            if gym_run is not None:
+                runners["gymnasium"] = gym_run
+            measure(runners, cfg)
+            rate = {k: n / r.best for k, r in runners.items()}
+            rows.append(
+                dict(
+                    task=task,
+                    num_envs=n,
+                    gymnasium_mode=mode,
+                    gymnasium_steps_per_s=rate.get("gymnasium"),
+                    eager_steps_per_s=rate["eager"],
+                    compiled_steps_per_s=rate.get("compiled"),
+                    compile_s=runners["compiled"].compile_s if cfg.compiled else None,
+                )
+            )
+            print(_line(rows[-1]), flush=True)
+    meta = dict(
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        gymnasium=gym.__version__,
+        numpy=np.__version__,
+        validate=cfg.validate,
+        cold_compile=cfg.cold_compile,
+        # Other processes on the machine disturb OpenMP kernels badly: compare runs on an idle machine.
+        load_average_1min=dict(
+            before=load_before, after=os.getloadavg()[0] if load_before is not None else None
+        ),
+        method="best of timed windows taken in turn; steps x num_envs per second through env.step",
+    )
+    out = cfg.out or Path(__file__).parent / "results" / f"bench_envs_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
+    state = "on" if cfg.validate else "off"
+    load = meta["load_average_1min"]
+    print(
+        f"\nvalidation: {state}; torch threads: {torch.get_num_threads()}; load average {load}; wrote {out}"
+    )
+    return rows
+
+
+HEADER = (
+    f"{'task':26s} {'N':>8s} {'gymnasium':>22s} {'eager':>9s} {'compiled':>9s} "
+    f"{'eager/gym':>9s} {'comp/gym':>9s} {'compile_s':>9s}"
+)
+
+
+def _fmt(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate / 1e6:.2f}M"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def _line(r: dict[str, Any]) -> str:
+    gym_col = f"{_fmt(r['gymnasium_steps_per_s'])} ({'vector' if r['gymnasium_mode'] != 'sync' else 'sync'})"
+    compile_s = "-" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+    gym_rate, eager, comp = r["gymnasium_steps_per_s"], r["eager_steps_per_s"], r["compiled_steps_per_s"]
+    return (
+        f"{r['task']:26s} {r['num_envs']:8d} {gym_col:>22s} {_fmt(eager):>9s} {_fmt(comp):>9s} "
+        f"{_ratio(eager, gym_rate):>9s} {_ratio(comp, gym_rate):>9s} {compile_s:>9s}"
+    )
+
+
+if __name__ == "__main__":
+    cfg = tyro.cli(Config)
+    print(
+        f"steps/s (env steps x num_envs), device {cfg.device}, validation {'on' if cfg.validate else 'off'}"
+    )
+    print(HEADER)
+    main(cfg)
