@@ -108,7 +108,7 @@ def _new_buffer(v: torch.Tensor) -> torch.Tensor:
 
     The buffer is still an ``(N, D)`` tensor (row ``i`` is env ``i``), but with strides ``(1, N)``:
     ``state.unbind(-1)`` then yields contiguous columns, so a compiled step runs one vectorized loop
-    over envs instead of a scalar loop over strided rows (about 1.5x faster on CPU).
+    over envs instead of a scalar loop over strided rows (on CPU up to 2.4x faster, for Acrobot).
     """
     if v.dim() == 2 and v.shape[1] > 1:
         return v.t().contiguous().t()

@@ -76,7 +76,9 @@ def make(
     ):
         env = gym.make_vec(id, num_envs=num_envs, device=device, **kwargs)
         if not isinstance(env, TorchVectorEnv):
-            raise ValueError(f"{id!r}: expected a TorchVectorEnv from its vector_entry_point, got {type(env)}")
+            raise ValueError(
+                f"{id!r}: expected a TorchVectorEnv from its vector_entry_point, got {type(env)}"
+            )
         return env
     from envs.adapter import GymnasiumVectorAdapter
 

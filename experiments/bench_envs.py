@@ -186,7 +186,7 @@ def main(cfg: Config) -> list[dict[str, Any]]:
             print(_line(rows[-1]), flush=True)
     meta = dict(
         device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         threads=torch.get_num_threads(),
         torch=torch.__version__,
         gymnasium=gym.__version__,
@@ -208,6 +208,14 @@ def main(cfg: Config) -> list[dict[str, Any]]:
         f"\nvalidation: {state}; torch threads: {torch.get_num_threads()}; load average {load}; wrote {out}"
     )
     return rows
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 HEADER = (

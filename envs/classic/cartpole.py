@@ -54,7 +54,8 @@ class CartPoleEnv(TorchVectorEnv):
     ):
         if kinematics_integrator not in ("euler", "semi-implicit euler"):
             raise ValueError(
-                f"kinematics_integrator: expected 'euler' or 'semi-implicit euler', got {kinematics_integrator!r}"
+                "kinematics_integrator: expected 'euler' or 'semi-implicit euler', "
+                f"got {kinematics_integrator!r}"
             )
         self.sutton_barto_reward = bool(sutton_barto_reward)
         self.kinematics_integrator = kinematics_integrator
