@@ -270,7 +270,7 @@ def main(cfg: Config) -> list[dict]:
                 row = {"task": task, "policy": policy, "num_envs": n, "steps": cfg.steps}
                 runners = {
                     "ours_eager": prepare_ours(task, policy, n, cfg, compiled=False),
-                    "ours_compiled": prepare_ours(task, policy, n, cfg, True)
+                    "ours_compiled": _try_compiled(task, policy, n, cfg)
                     if cfg.compile
                     else {"skipped": "off"},
                     "gymnax": prepare_gymnax(task, policy, n, cfg) if cfg.gymnax else {"skipped": "off"},
@@ -289,6 +289,17 @@ def main(cfg: Config) -> list[dict]:
     print_table(rows, cfg)
     write_json(rows, cfg)
     return rows
+
+
+def _try_compiled(task: str, policy: str, n: int, cfg: Config) -> dict:
+    """The compiled variant, or a row saying why it could not be built (an inductor codegen error
+    on this torch/CPU must not cost the eager and gymnax measurements of the same run)."""
+    try:
+        return prepare_ours(task, policy, n, cfg, True)
+    except Exception as e:  # noqa: BLE001 - reported in the table, not swallowed
+        msg = str(e).splitlines()[0][:80] if str(e) else ""
+        print(f"  compiled {task}/{policy}/{n} failed: {type(e).__name__}: {msg}", flush=True)
+        return {"skipped": f"compile failed ({type(e).__name__})"}
 
 
 def device_name(device: str) -> str:

@@ -240,8 +240,10 @@ class Collector:
         if self._bounds is not None:  # the env gets the clipped action, the batch keeps the policy's
             action = torch.maximum(torch.minimum(action, self._bounds[1]), self._bounds[0])
         next_obs, r_t, term_t, trunc_t, info = self.env.step(action)
-        done = term_t | trunc_t
-        final_obs = _where(info["_final_obs"], info["final_obs"], next_obs)
+        # SAME_STEP's mask is exactly terminated | truncated; reusing it (rather than OR-ing two bool
+        # inputs) also sidesteps an inductor C++ codegen bug on vectorized bool | bool (torch 2.13, CPU).
+        done = info["_final_obs"]
+        final_obs = _where(done, info["final_obs"], next_obs)
         ep_ret = ep_ret + r_t
         ep_len = ep_len + 1
         ended = (
