@@ -32,7 +32,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 
-from envs.core import TorchVectorEnv, parse_autoreset_mode
+from envs.core import GoalAccess, TorchVectorEnv, parse_autoreset_mode
 
 _SUPPORTED = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict / Tuple of these"
 Wrapper = Callable[[gym.Env], gym.Env]
@@ -75,7 +75,7 @@ def torch_space(space: gym.Space, dtype: torch.dtype) -> gym.Space:
     return space
 
 
-class GymnasiumVectorAdapter(VectorEnv):
+class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
     """A numpy Gymnasium ``VectorEnv`` seen through torch tensors on ``device``.
 
     Args:
@@ -276,22 +276,6 @@ class GymnasiumVectorAdapter(VectorEnv):
             torch.as_tensor(np.asarray(truncated, dtype=np.bool_)).to(self.device),
             info_t,
         )
-
-    @property
-    def goal_space(self) -> gym.Space:
-        """The single-env goal space: ``achieved_goal`` for goal envs, else the observation (identity)."""
-        space = self.single_observation_space
-        if isinstance(space, gym.spaces.Dict) and "achieved_goal" in space.spaces:
-            return space["achieved_goal"]
-        return space
-
-    def achieved_goal(self, obs: Any) -> torch.Tensor:
-        """``(num_envs, *goal_space.shape)``: ``obs["achieved_goal"]`` for goal envs, else ``obs``."""
-        if isinstance(obs, Mapping):
-            if "achieved_goal" not in obs:
-                raise ValueError(f"achieved_goal: expected a goal observation, got keys {sorted(obs)}")
-            return obs["achieved_goal"]
-        return obs
 
     def compute_reward(self, achieved_goal: Any, desired_goal: Any, info: Any = None) -> torch.Tensor:
         """The wrapped goal env's ``compute_reward`` on tensors (batched over the leading dims)."""

@@ -115,7 +115,33 @@ def _new_buffer(v: torch.Tensor) -> torch.Tensor:
     return v.contiguous().clone()
 
 
-class TorchVectorEnv(VectorEnv):
+class GoalAccess:
+    """``goal_space`` / ``achieved_goal`` from a vector env's ``single_observation_space``.
+
+    Shared by `TorchVectorEnv` and the Gymnasium adapter: goal envs (a ``Dict`` observation with
+    ``achieved_goal``, Gymnasium-Robotics style) expose that entry; any other env gets the identity.
+    """
+
+    single_observation_space: gym.Space
+
+    @property
+    def goal_space(self) -> gym.Space:
+        """The single-env goal space: ``achieved_goal`` for goal envs, else the observation (identity)."""
+        space = self.single_observation_space
+        if isinstance(space, gym.spaces.Dict) and "achieved_goal" in space.spaces:
+            return space["achieved_goal"]
+        return space
+
+    def achieved_goal(self, obs: Any) -> torch.Tensor:
+        """``(num_envs, *goal_space.shape)``: ``obs["achieved_goal"]`` for goal envs, else ``obs``."""
+        if isinstance(obs, Mapping):
+            if "achieved_goal" not in obs:
+                raise ValueError(f"achieved_goal: expected a goal observation, got keys {sorted(obs)}")
+            return obs["achieved_goal"]
+        return obs
+
+
+class TorchVectorEnv(GoalAccess, VectorEnv):
     """Base class of batched torch environments with Gymnasium vector semantics.
 
     Args:
@@ -315,22 +341,6 @@ class TorchVectorEnv(VectorEnv):
         self._copy_into(self._rng_key, state.rng_key, "rng_key")
         self._copy_into(self._rng_counter, state.rng_counter, "rng_counter")
         self._seeded = True
-
-    @property
-    def goal_space(self) -> gym.Space:
-        """The single-env goal space: ``achieved_goal`` for goal envs, else the observation (identity)."""
-        space = self.single_observation_space
-        if isinstance(space, gym.spaces.Dict) and "achieved_goal" in space.spaces:
-            return space["achieved_goal"]
-        return space
-
-    def achieved_goal(self, obs: Obs) -> torch.Tensor:
-        """``(num_envs, *goal_space.shape)``: ``obs["achieved_goal"]`` for goal envs, else ``obs``."""
-        if isinstance(obs, Mapping):
-            if "achieved_goal" not in obs:
-                raise ValueError(f"achieved_goal: expected a goal observation, got keys {sorted(obs)}")
-            return obs["achieved_goal"]
-        return obs
 
     def close_extras(self, **kwargs: Any) -> None:
         pass
