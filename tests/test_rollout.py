@@ -394,7 +394,6 @@ def test_cuda_graph_equals_eager_after_param_update(policy_factory):
     assert not torch.equal(eager[0].batch.actions, eager[1].batch.actions)
 
 
-@pytest.mark.slow  # a cold torch.compile takes 10-30 s on 2 cores
 def test_compiled_step_equals_eager():
     def run(compiled):
         ac = agent()
