@@ -17,6 +17,7 @@ coupled L2 ``weight_decay``), which the tests check step by step.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -40,14 +41,54 @@ __all__ = [
 ]
 
 
-class Optimizer(NamedTuple):
+class _OptimizerFields(NamedTuple):
+    init: Callable[[Params], Any]
+    update: Callable[[Params, Any, Params], tuple[Params, Any]]
+
+
+class Optimizer(_OptimizerFields):
     """A functional optimizer: ``init(params) -> state``; ``update(grads, state, params) -> (params, state)``.
 
     Both are pure: ``update`` returns new dicts and never writes into its arguments.
+
+    It is still the 2-tuple ``(init, update)`` (``init, update = opt`` works), and it also carries
+    ``weight_decay``: the coefficient ``wd`` of the coupled L2 term the update adds to the gradient
+    (``g = ∇L + wd·θ``, as :func:`sgd` and :func:`adam` do; 0 for none). The implicit
+    hypergradients need it: a fixed point of such an update solves ``∇L(θ) + wd·θ = 0``, i.e. it is
+    stationary for ``L + wd/2·‖θ‖²``, not for ``L``. Decoupled (AdamW-style) decay has a different
+    fixed point and is not what this attribute means. A plain ``(init, update)`` tuple, or an
+    ``Optimizer`` built without the argument, has ``weight_decay = 0``.
+
+    Tuple equality and hashing compare ``(init, update)`` only.
+
+    Example:
+        >>> opt = sgd(0.1, weight_decay=0.5)
+        >>> init, update = opt
+        >>> opt.weight_decay
+        0.5
     """
 
-    init: Callable[[Params], Any]
-    update: Callable[[Params, Any, Params], tuple[Params, Any]]
+    # The class default covers instances made by tuple machinery that bypasses __new__.
+    weight_decay: Scalar = 0.0
+
+    def __new__(
+        cls,
+        init: Callable[[Params], Any],
+        update: Callable[[Params, Any, Params], tuple[Params, Any]],
+        weight_decay: Scalar = 0.0,
+    ) -> Optimizer:
+        _check_weight_decay(weight_decay)
+        self = super().__new__(cls, init, update)
+        # Stored outside the tuple's fields so that it keeps unpacking as (init, update).
+        self.weight_decay = weight_decay
+        return self
+
+    def _replace(self, **kwargs: Any) -> Optimizer:
+        fields = {"init": self.init, "update": self.update, "weight_decay": self.weight_decay, **kwargs}
+        return type(self)(**fields)
+
+    def __repr__(self) -> str:
+        return f"Optimizer(init={self.init!r}, update={self.update!r}, weight_decay={self.weight_decay!r})"
 
 
 class SGDState(NamedTuple):
@@ -91,6 +132,18 @@ def _is_zero(x: Scalar) -> bool:
     return not isinstance(x, Tensor) and x == 0
 
 
+def _check_weight_decay(wd: Any) -> None:
+    # A tensor's sign is not checked: that would cost a host sync (and it may be meta-learned).
+    if isinstance(wd, Tensor):
+        if wd.numel() != 1 or not wd.is_floating_point():
+            raise ValueError(
+                f"weight_decay must be a float >= 0 or a floating-point scalar tensor, "
+                f"got a {wd.dtype} tensor of shape {tuple(wd.shape)}"
+            )
+    elif isinstance(wd, bool) or not isinstance(wd, numbers.Real) or not wd >= 0:
+        raise ValueError(f"weight_decay must be a float >= 0 or a floating-point scalar tensor, got {wd!r}")
+
+
 def _check_keys(grads: Params, params: Params) -> None:
     if grads.keys() != params.keys():
         raise ValueError(f"grads keys {sorted(grads)} differ from params keys {sorted(params)}")
@@ -118,7 +171,8 @@ def sgd(
             ``lr(count) -> float | Tensor`` of the number of updates applied so far.
         momentum: momentum coefficient ``mu`` (0 disables the buffers).
         nesterov: use Nesterov momentum (needs ``momentum > 0``).
-        weight_decay: coefficient of the L2 term added to the gradient.
+        weight_decay: coefficient of the L2 term added to the gradient (exposed as
+            ``opt.weight_decay``).
 
     Returns:
         An :class:`Optimizer` whose state is an :class:`SGDState`.
@@ -153,7 +207,7 @@ def sgd(
             new_params[k] = p - eta * g
         return new_params, SGDState(count=state.count + 1, momentum=new_buffers)
 
-    return Optimizer(init, update)
+    return Optimizer(init, update, weight_decay)
 
 
 def adam(
@@ -189,7 +243,8 @@ def adam(
         b2: decay of the second moment ``beta_2``.
         eps: added to the denominator outside the square root.
         eps_root: added inside the square root; set it > 0 to differentiate through updates.
-        weight_decay: coefficient of the L2 term added to the gradient.
+        weight_decay: coefficient of the L2 term added to the gradient (coupled, as
+            ``torch.optim.Adam``, not AdamW's decoupled decay; exposed as ``opt.weight_decay``).
 
     Returns:
         An :class:`Optimizer` whose state is an :class:`AdamState`.
@@ -225,4 +280,4 @@ def adam(
             new_params[k] = p - eta * m_hat / (torch.sqrt(v_hat + eps_root) + eps)
         return new_params, AdamState(count=count, mu=mu, nu=nu)
 
-    return Optimizer(init, update)
+    return Optimizer(init, update, weight_decay)

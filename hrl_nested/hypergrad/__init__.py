@@ -23,7 +23,13 @@ from hrl_nested.hypergrad.core import (
     hypergrad,
 )
 from hrl_nested.hypergrad.es import es_hypergrad, es_noise
-from hrl_nested.hypergrad.implicit import conjugate_gradient, implicit_hypergrad, make_hvp, neumann_series
+from hrl_nested.hypergrad.implicit import (
+    conjugate_gradient,
+    implicit_hypergrad,
+    make_hvp,
+    neumann_series,
+    with_weight_decay,
+)
 from hrl_nested.hypergrad.unrolled import InnerProblem, MethodOutput, run_inner, unrolled_hypergrad
 
 __all__ = [
@@ -42,4 +48,5 @@ __all__ = [
     "neumann_series",
     "run_inner",
     "unrolled_hypergrad",
+    "with_weight_decay",
 ]

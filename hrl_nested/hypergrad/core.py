@@ -14,7 +14,7 @@ from torch import Tensor
 
 from hrl_nested import optim
 from hrl_nested.hypergrad.es import es_hypergrad
-from hrl_nested.hypergrad.implicit import implicit_hypergrad
+from hrl_nested.hypergrad.implicit import implicit_hypergrad, with_weight_decay
 from hrl_nested.hypergrad.unrolled import InnerProblem, MethodOutput, detach_tree, unrolled_hypergrad
 from hrl_nested.optim import Optimizer, Params
 
@@ -196,7 +196,9 @@ def _make_opt_factory(inner_optimizer: Any, inner_lr: Any) -> Callable[[Params],
                 "hypergrad: a callable inner_lr needs inner_optimizer='sgd' or 'adam' (hypergrad builds the "
                 "optimizer with that step size); an (init, update) pair carries its own step size"
             )
-        pair = Optimizer(*inner_optimizer)
+        # Keep the pair's weight decay (the implicit methods' stationary loss needs it); a plain
+        # (init, update) tuple says nothing and counts as none.
+        pair = Optimizer(*inner_optimizer, weight_decay=getattr(inner_optimizer, "weight_decay", 0.0))
         return lambda h: pair
     raise ValueError(
         "hypergrad: inner_optimizer must be 'sgd', 'adam' or an (init, update) pair from hrl_nested.optim, "
@@ -287,7 +289,10 @@ def hypergrad(
       (``iters``, ``tol``, ``damping``) or ``α Σ_{j<M} (I − αH)^j`` (``terms`` = M, ``alpha``,
       default the inner step size); HVPs by ``torch.func`` (``hvp="vjp"``, or ``"jvp"``);
       ``stationary_loss(params, hparams)`` is the loss ``w_K`` is stationary for (default:
-      ``inner_loss`` without a step). Memory and cost do not grow with K.
+      ``inner_loss`` without a step plus the inner optimizer's L2 term ``wd/2·‖w‖²``,
+      ``wd = inner_optimizer.weight_decay``, since an update with coupled weight decay stops
+      where ``∇L + wd·w = 0``; a ``stationary_loss`` you pass is used as given, so include the
+      L2 term in it yourself). Memory and cost do not grow with K.
     - ``"es"``: antithetic evolution strategies over ``λ`` (``samples``, ``sigma``, ``seed`` or
       ``generator``, ``chunk_size``, ``vectorize``); the ``2·samples`` inner runs are vmapped.
 
@@ -307,7 +312,10 @@ def hypergrad(
             meta-learn it (e.g. ``lambda h: h["log_lr"].exp()``). cg and neumann raise for a
             hyperparameter that enters only here (its implicit gradient is identically zero).
         inner_optimizer: ``"sgd"``, ``"adam"`` (built from :mod:`hrl_nested.optim` with
-            ``inner_lr``; Adam with ``eps_root=1e-16``), or an ``(init, update)`` pair.
+            ``inner_lr``; Adam with ``eps_root=1e-16``; no weight decay), or an ``(init, update)``
+            pair such as ``optim.sgd(0.1, weight_decay=1e-3)`` (the way to get weight decay). The
+            pair's ``weight_decay`` attribute (coupled L2, see :class:`~hrl_nested.optim.Optimizer`)
+            enters the implicit methods' default stationary loss; a pair without one counts as 0.
         opt_state: the inner optimizer's state at ``w_0`` (e.g. Adam's moments from the
             previous outer step); None initializes it.
         **method_options: the options of ``method`` listed above.
@@ -370,7 +378,8 @@ def _dispatch(
                     f"hypergrad(method={method!r}): inner_loss takes a step index; pass "
                     "stationary_loss(params, hparams), the loss params_K is stationary for"
                 )
-            stationary = inner_loss
+            # A fixed point of an update with coupled L2 weight decay wd solves ∇L + wd·w = 0.
+            stationary = with_weight_decay(inner_loss, problem.make_opt(hparams).weight_decay)
         solver_opts = {k: opts[k] for k in ("iters", "tol", "damping", "terms", "hvp") if k in opts}
         if method == "neumann":  # alpha defaults to the inner step size (a callable one at these hparams)
             default_alpha = inner_lr(hparams) if callable(inner_lr) else inner_lr

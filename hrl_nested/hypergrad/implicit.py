@@ -29,7 +29,7 @@ from hrl_nested.hypergrad.unrolled import (
 )
 from hrl_nested.optim import Params
 
-__all__ = ["conjugate_gradient", "implicit_hypergrad", "make_hvp", "neumann_series"]
+__all__ = ["conjugate_gradient", "implicit_hypergrad", "make_hvp", "neumann_series", "with_weight_decay"]
 
 HVP = Callable[[Params], Params]
 
@@ -174,6 +174,44 @@ def neumann_series(hvp: HVP, b: Params, *, terms: int, alpha: float) -> Params:
     return {k: alpha * v for k, v in total.items()}
 
 
+def with_weight_decay(
+    loss: Callable[[Params, Params], Tensor], weight_decay: float | Tensor
+) -> Callable[[Params, Params], Tensor]:
+    r"""The loss whose stationary points are the fixed points of an update with coupled L2 weight decay.
+
+    An update that follows ``g = \nabla_w L(w, λ) + wd\,w`` (SGD with or without momentum, Adam
+    with ``torch.optim.Adam``'s coupled ``weight_decay``) stops where ``g = 0``, i.e. at a
+    stationary point of
+
+    .. math::
+        L_{wd}(w, λ) = L(w, λ) + \frac{wd}{2} \sum_k \|w_k\|^2,
+
+    whose Hessian is ``H + wd·I``; so the implicit function theorem gives
+    ``dw*/dλ = −(H + wd·I)^{-1} ∂²L/∂w∂λ``. Decoupled (AdamW) decay has a different fixed point
+    and does not fit this form. ``wd`` is a constant of the inner problem: a tensor is detached.
+
+    Args:
+        loss: ``L(params, hparams) -> scalar``.
+        weight_decay: ``wd`` (a Python 0 returns ``loss`` itself).
+
+    Returns:
+        ``L_wd(params, hparams)``.
+
+    Example:
+        >>> L = lambda w, h: (w["x"] * h["a"]).sum()
+        >>> with_weight_decay(L, 0.5)({"x": torch.tensor([2.0])}, {"a": torch.tensor([1.0])})
+        tensor(3.)
+    """
+    if not isinstance(weight_decay, Tensor) and weight_decay == 0:
+        return loss
+    wd = weight_decay.detach() if isinstance(weight_decay, Tensor) else weight_decay
+
+    def regularized(params: Params, hparams: Params) -> Tensor:
+        return loss(params, hparams) + 0.5 * wd * sum((p * p).sum() for p in params.values())
+
+    return regularized
+
+
 def _no_path_error(name: str, lr_users: set[str], method: str) -> ValueError:
     if name in lr_users:
         why = (
@@ -249,7 +287,9 @@ def implicit_hypergrad(
     Args:
         problem: the inner problem (see :class:`~hrl_nested.hypergrad.unrolled.InnerProblem`).
         hparams: ``λ``.
-        stationary_loss: ``L(params, hparams)``, the loss ``w_K`` is taken to be stationary for.
+        stationary_loss: ``L(params, hparams)``, the loss ``w_K`` is taken to be stationary for
+            (used as given: for an inner optimizer with weight decay, wrap the loss in
+            :func:`with_weight_decay`, as :func:`~hrl_nested.hypergrad.hypergrad` does by default).
         solver: ``"cg"`` or ``"neumann"``.
         iters, tol, damping: :func:`conjugate_gradient` options.
         terms, alpha: :func:`neumann_series` options.
