@@ -1,32 +1,87 @@
-"""Wall-clock seconds until CartPole-v1 is solved: our PPO on our CartPole vs Stable-Baselines3.
+"""Time to solve CartPole-v1: our PPO against Stable-Baselines3 with our hyperparameters and with rl-zoo's.
 
-    python experiments/bench_ppo.py                        # CPU (or CUDA when present), 3 seeds
-    python experiments/bench_ppo.py --device cuda --seeds 0 1 2
+    python experiments/bench_ppo.py                        # CPU (or CUDA when present), seeds 100-109
+    python experiments/bench_ppo.py --device cuda
+    python experiments/bench_ppo.py --seeds 100 --total-steps 16384 --sb3-zoo-total-steps 16384 \
+        --out /tmp/bench_ppo_smoke.json                    # a smoke run
+
+Three kinds of row, in one run, so that implementation speed and hyperparameters are told apart:
+
+- ``ours``: `hrl_nested.algos.ppo.train` with `PPOConfig`'s defaults (on CUDA one row per path: eager,
+  CUDA graph, CUDA graph + compile);
+- ``sb3 (our hyperparameters)``: SB3's PPO configured like ours, as far as SB3 allows (below): the
+  difference to ``ours`` is the implementation;
+- ``sb3 (rl-zoo hyperparameters)``: SB3's PPO with rl-zoo's tuned CartPole-v1 settings (8 envs x 32
+  steps, 20 epochs of one 256-minibatch, lr and clip annealed from 1e-3 and 0.2, gamma 0.98, lambda
+  0.8): about 40x more gradient steps per env step than ours, a different trade of samples for compute.
+
+Seeds: `PPOConfig` was tuned on seeds 0-31 (see its docstring), so the default seeds are 100-109,
+none of them used in tuning; the table and the JSON say which seeds ran and flag any overlap.
 
 "Solved" means a mean return >= 475 over 20 evaluation episodes of the deterministic policy (one
-episode per eval env, a fresh env seed per evaluation). Both learners are evaluated at the same
-cadence in environment steps (``--eval-every-steps``, default 8192: every iteration of our PPO, whose
-batch is 128 envs x 64 steps, and every 32 rollouts of SB3's 8 envs x 32 steps). The clock starts
-before the envs and the model are built and includes every evaluation and any compilation; the
-compile / graph-capture time is also reported on its own. By default an evaluation whose mean can no
-longer reach the threshold is cut short, by the same rule for both learners (``--no-eval-early-stop``
-runs every evaluation in full; see ``BenchConfig.eval_early_stop``). Reported: the median over seeds,
-each seed, and for SB3 also the time of its whole 100k-step budget (rl-zoo's hyperparameters for
-CartPole-v1).
+episode per eval env, a fresh env seed per evaluation). Every learner is evaluated after its update,
+at the first iteration boundary after each ``--eval-every-steps`` env steps (default 8192: every
+iteration of ours and of SB3 with our hyperparameters, every 32 rollouts with rl-zoo's), and stops at
+its first solving evaluation; a seed that never solves runs its whole budget (ours: 100k steps,
+rounded up to whole iterations; SB3 with ours: the same steps, so that its learning rate anneals over
+the same span; rl-zoo: 1e5). The clock starts before the envs and the model are built and includes
+every evaluation and any compilation (also reported on its own for ours). An evaluation whose mean
+can no longer reach the threshold is cut short, by the same rule for every learner
+(``--no-eval-early-stop`` runs each in full).
+
+Reported per row: time and env steps to solve (median over seeds, an unsolved seed counting as
+infinitely slow, and each seed), training throughput (env steps per second of wall time outside
+evaluations, until the run stopped), gradient steps per 1000 env steps, and each median's ratio to
+ours (the reference row named in the table) from the same run.
+
+What could not be matched between ours and ``sb3 (our hyperparameters)``:
+
+- The env: SB3 steps Gymnasium's CartPole-v1 in a ``DummyVecEnv`` (NumPy, one Python env after the
+  other, a ``Monitor`` each); ours steps its batched torch CartPole (the same dynamics, tested for
+  parity). This is part of the implementation being measured.
+- Observation normalization: SB3's ``VecNormalize`` (``norm_obs=True, norm_reward=False``, clip 10,
+  eps 1e-8, initial count 1e-4: the same formula as ours) updates its running statistics at every
+  vec-env step, before normalizing that step's observation; ours updates them once per batch, after
+  the batch was normalized with the statistics its rollout used. The eval env gets a copy of the
+  training statistics before each evaluation (``training=False``).
+- The value loss: SB3 minimizes ``vf_coef * mean((V - R)^2)``, ours ``vf_coef * 0.5 * mean((V -
+  R)^2)``; SB3 is given ``vf_coef / 2``, which makes the two losses (and the global grad-norm clip)
+  equal.
+- The learning-rate schedule is matched exactly: ours uses ``lr * (1 - i / N)`` at iteration ``i`` of
+  ``N``; SB3 evaluates its schedule after the rollout, at progress ``1 - (i + 1) / N``, so it gets
+  ``lr * min(1, progress + 1 / N)`` over a budget of exactly ``N`` iterations.
+- Time limits: SB3 adds ``gamma * V(final obs)`` to the reward of a truncated step, ours bootstraps
+  ``V(final obs)`` inside GAE: the same targets (the critic does not change during a rollout).
+- Adam (``eps=1e-5`` on both sides): ours uses the fused kernel, SB3 torch's default; the initial
+  weights use the same orthogonal init and gains (hidden sqrt(2), policy 0.01, value 1) but different
+  random streams, so seed ``s`` is a different draw for each learner.
+- Evaluation: SB3's ``evaluate_policy`` on a ``DummyVecEnv`` of 20 Gymnasium envs, ours on its batched
+  env; both one episode per env, same early-stop rule.
+
+Everything else is set equal: number of envs, steps per rollout, epochs, minibatch size, gamma, GAE
+lambda, clip coefficient (constant), no value clipping, per-minibatch advantage normalization,
+ent/vf coefficients, max grad norm, the separate 64-64 tanh actor and critic MLPs, 1 torch thread.
+
+Results go to ``experiments/results/bench_ppo_<device>.json`` only when every setting is the default
+(``--device`` aside); any other run writes to ``--out`` or, without it, to a file in the temp dir,
+so that a smoke run never overwrites the recorded figures.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
+import importlib.metadata
 import json
 import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,18 +92,25 @@ from hrl_nested.algos.ppo import PPOConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_RETURN = 500.0  # CartPole-v1: reward 1 per step, truncated at 500 steps (ours and Gymnasium's)
+TUNING_SEEDS = range(0, 32)  # the seeds PPOConfig's defaults were tuned on (its docstring)
+SB3_OURS, SB3_ZOO = "sb3 (our hyperparameters)", "sb3 (rl-zoo hyperparameters)"
+# rl-zoo's hyperparams/ppo.yml for CartPole-v1 (n_timesteps 1e5; lin_1e-3, lin_0.2 are linear decays).
+ZOO = dict(n_envs=8, n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8, ent_coef=0.0,
+           lr=1e-3, clip=0.2)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """Time-to-solve CartPole-v1: our PPO vs Stable-Baselines3 PPO (rl-zoo hyperparameters)."""
+    """Time-to-solve CartPole-v1: our PPO vs Stable-Baselines3 PPO (our and rl-zoo's hyperparameters)."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Seeds; each learner runs once per seed, the median is reported."""
+    seeds: tuple[int, ...] = tuple(range(100, 110))
+    """Seeds; each learner runs once per seed, the median is reported. Default 100-109: PPOConfig was
+    tuned on seeds 0-31, which a fair benchmark must not reuse (an overlap is flagged in the output)."""
     device: str = "auto"
     """Our PPO's device (``auto``: CUDA when available). SB3 always runs on CPU, where its MLP is fastest."""
     out: str | None = None
-    """JSON output (default ``experiments/results/bench_ppo_<device>.json``)."""
+    """JSON output. Default: ``experiments/results/bench_ppo_<device>.json`` when every other setting is
+    the default, else a file in the temp dir (a smoke run never overwrites the recorded figures)."""
     threshold: float = 475.0
     """Solved when the evaluation mean return reaches this."""
     eval_episodes: int = 20
@@ -56,25 +118,28 @@ class BenchConfig:
     eval_every_steps: int = 8192
     """Evaluate each learner every this many env steps (at the first iteration boundary after)."""
     total_steps: int = Task.total_steps
-    """Our PPO's budget (its learning rate anneals over it, as in ``experiments/train.py``); not solved
-    within it counts as never solved."""
+    """Budget of ours and of SB3 with our hyperparameters (their learning rates anneal over it, as in
+    ``experiments/train.py``); not solved within it counts as never solved."""
     sb3: bool = True
     """Also run Stable-Baselines3 (``--no-sb3`` to skip it)."""
-    sb3_total_steps: int = 100_000
-    """SB3's budget (rl-zoo: 1e5); it is always run to the end, time to first solve recorded on the way."""
+    sb3_variants: tuple[Literal["our-hparams", "rl-zoo"], ...] = ("our-hparams", "rl-zoo")
+    """Which SB3 rows to run: with our hyperparameters, with rl-zoo's."""
+    sb3_zoo_total_steps: int = 100_000
+    """Budget of SB3 with rl-zoo's hyperparameters (rl-zoo: 1e5; its lr and clip anneal over it)."""
     eval_early_stop: bool = True
-    """For both learners alike: end an evaluation as soon as its mean can no longer reach ``threshold``
+    """For every learner alike: end an evaluation as soon as its mean can no longer reach ``threshold``
     even if every episode still running reaches CartPole's maximum return (500), i.e. when
     ``sum over finished episodes of (500 - return) > episodes * (500 - threshold)``. The outcome
     ("not solved") is then certain, so the time to solve is measured the same, minus hopeless
     evaluation steps. Checked after every env step: ours in `evaluate`, SB3's through
     ``evaluate_policy``'s per-step callback. ``--no-eval-early-stop`` runs every evaluation in full."""
     threads: int = 1
-    """torch CPU threads for both learners (1, as ``experiments/train.py`` uses; 0: torch's default)."""
+    """torch CPU threads for every learner (1, as ``experiments/train.py`` uses; 0: torch's default)."""
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
-    """Our PPO's hyperparameters (defaults: those of ``experiments/train.py``)."""
+    """Our PPO's hyperparameters (defaults: those of ``experiments/train.py``), also given to SB3's
+    ``our-hparams`` row."""
     num_envs: int = Task.num_envs
-    """Our PPO's parallel envs."""
+    """Parallel envs of ours and of SB3 with our hyperparameters."""
 
 
 # ---------------------------------------------------------------------------- ours
@@ -89,30 +154,24 @@ def run_ours(cfg: BenchConfig, seed: int, device: str, compile: bool, capture: s
     t0 = time.perf_counter()
     summary = train(task, ppo)
     wall = time.perf_counter() - t0
-    return {
-        "seed": seed,
-        "solved": summary["solved"],
-        "time_to_solve_s": wall if summary["solved"] else None,
-        "env_steps": summary["env_steps"] if summary["solved"] else None,
-        "total_steps": summary["env_steps"],
-        "iterations": summary["iterations"],
-        "eval_return_mean": summary["eval_return_mean"],
-        "eval_time_s": summary["eval_time_s"],
-        "compile_s": summary["warmup_s"],
-        "wall_s": wall,
-        "eval_every_iterations": ppo.eval_every,
-    }
+    return _seed_row(
+        seed, bool(summary["solved"]), wall=wall, env_steps=summary["env_steps"],
+        eval_time=summary["eval_time_s"], eval_return=summary["eval_return_mean"],
+        compile_s=summary["warmup_s"], budget_steps=max(1, math.ceil(cfg.total_steps / batch)) * batch,
+        iterations=summary["iterations"], eval_every_iterations=ppo.eval_every,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- Stable-Baselines3
-def run_sb3(cfg: BenchConfig, seed: int) -> dict[str, Any]:
+def run_sb3(cfg: BenchConfig, seed: int, variant: str) -> dict[str, Any]:
+    """One seed of SB3's PPO, ``variant`` ``our-hparams`` or ``rl-zoo`` (see the module docstring)."""
     import gymnasium as gym
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     class Hopeless(Exception):
         """Raised inside ``evaluate_policy`` once the mean can no longer reach the threshold."""
@@ -132,19 +191,31 @@ def run_sb3(cfg: BenchConfig, seed: int) -> dict[str, Any]:
             raise Hopeless
 
     class SolveTimer(BaseCallback):
-        """Evaluates every ``eval_every_steps`` env steps; records the time of the first solve."""
+        """Evaluates the policy after its update (at the start of the next rollout, and once more after
+        ``learn``) at the first boundary after every ``eval_every_steps`` env steps; records the first
+        solve and then stops training at the next env step."""
 
-        def __init__(self, eval_env, t0: float):
+        def __init__(self, train_env, eval_env, t0: float):
             super().__init__()
-            self.eval_env, self.t0, self.next_eval = eval_env, t0, cfg.eval_every_steps
-            self.solved_at: tuple[float, int, float, float] | None = None
+            self.train_env, self.eval_env, self.t0 = train_env, eval_env, t0
+            self.next_eval = cfg.eval_every_steps
+            self.solved_at: dict[str, Any] | None = None
             self.eval_time, self.evals = 0.0, 0
 
+        def _on_rollout_start(self) -> None:
+            self.maybe_evaluate()
+
         def _on_step(self) -> bool:
-            if self.num_timesteps < self.next_eval:
-                return True
-            self.next_eval += cfg.eval_every_steps
+            return self.solved_at is None
+
+        def maybe_evaluate(self) -> None:
+            steps = int(self.model.num_timesteps)
+            if self.solved_at is not None or steps < self.next_eval:
+                return
+            self.next_eval = (steps // cfg.eval_every_steps + 1) * cfg.eval_every_steps
             t = time.perf_counter()
+            if isinstance(self.train_env, VecNormalize):  # evaluate with the statistics trained with
+                self.eval_env.obs_rms = copy.deepcopy(self.train_env.obs_rms)
             self.eval_env.seed(seed + 7919 * self.evals)
             hopeless = stop_if_hopeless if cfg.eval_early_stop else None
             try:
@@ -154,42 +225,89 @@ def run_sb3(cfg: BenchConfig, seed: int) -> dict[str, Any]:
                 mean = -math.inf  # certainly below the threshold
             self.evals += 1
             self.eval_time += time.perf_counter() - t
-            if self.solved_at is None and mean >= cfg.threshold:
-                self.solved_at = (
-                    time.perf_counter() - self.t0,
-                    self.num_timesteps,
-                    float(mean),
-                    self.eval_time,
-                )
-            return True
+            if mean >= cfg.threshold:
+                self.solved_at = dict(wall=time.perf_counter() - self.t0, env_steps=steps,
+                                      eval_return=float(mean), eval_time=self.eval_time)  # fmt: skip
 
+    ours_hp = variant == "our-hparams"
+    p = cfg.ppo
     t0 = time.perf_counter()
-    env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
+    if ours_hp:
+        batch = cfg.num_envs * p.num_steps
+        num_iterations = max(1, math.ceil(cfg.total_steps / batch))  # as ours rounds its budget
+        budget = num_iterations * batch
+        lr0 = p.lr
+        # Ours: lr0 * (1 - i / N) at iteration i; SB3 asks after the rollout, at progress 1 - (i + 1) / N.
+        lr = (lambda progress: lr0 * min(1.0, progress + 1.0 / num_iterations)) if p.anneal_lr else lr0
+        env = make_vec_env("CartPole-v1", n_envs=cfg.num_envs, seed=seed)
+        if p.norm_obs:
+            env = VecNormalize(
+                env, norm_obs=True, norm_reward=False, clip_obs=10.0, epsilon=1e-8, gamma=p.gamma
+            )
+        kwargs = dict(
+            n_steps=p.num_steps, batch_size=batch // p.num_minibatches, n_epochs=p.update_epochs,
+            learning_rate=lr, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_coef,
+            clip_range_vf=p.clip_coef if p.clip_vloss else None, normalize_advantage=p.norm_adv,
+            ent_coef=p.ent_coef, vf_coef=p.vf_coef / 2,  # SB3's value loss has no 0.5 factor
+            max_grad_norm=p.max_grad_norm,
+            policy_kwargs=dict(net_arch=dict(pi=list(p.hidden), vf=list(p.hidden)),
+                               activation_fn=torch.nn.Tanh, ortho_init=True),
+        )  # fmt: skip
+    else:
+        budget, z = cfg.sb3_zoo_total_steps, ZOO
+        env = make_vec_env("CartPole-v1", n_envs=z["n_envs"], seed=seed)
+        kwargs = dict(
+            n_steps=z["n_steps"], batch_size=z["batch_size"], n_epochs=z["n_epochs"], gamma=z["gamma"],
+            gae_lambda=z["gae_lambda"], ent_coef=z["ent_coef"],
+            learning_rate=lambda progress: z["lr"] * progress,
+            clip_range=lambda progress: z["clip"] * progress,
+        )  # fmt: skip
     # One env per evaluation episode, as for ours: evaluate_policy then runs one episode in each.
     eval_env = DummyVecEnv([lambda: Monitor(gym.make("CartPole-v1")) for _ in range(cfg.eval_episodes)])
-    model = PPO(
-        "MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
-        learning_rate=lambda progress: 1e-3 * progress, clip_range=lambda progress: 0.2 * progress,
-        seed=seed, device="cpu", verbose=0,
-    )  # fmt: skip
-    timer = SolveTimer(eval_env, t0)
-    model.learn(cfg.sb3_total_steps, callback=timer)
+    if isinstance(env, VecNormalize):
+        eval_env = VecNormalize(eval_env, training=False, norm_obs=True, norm_reward=False, clip_obs=10.0,
+                                epsilon=1e-8)  # fmt: skip
+    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+    timer = SolveTimer(env, eval_env, t0)
+    model.learn(budget, callback=timer)
+    timer.maybe_evaluate()  # the update after the last rollout
     wall = time.perf_counter() - t0
-    solved = timer.solved_at is not None
-    return {
-        "seed": seed,
-        "solved": solved,
-        "time_to_solve_s": timer.solved_at[0] if solved else None,
-        "env_steps": timer.solved_at[1] if solved else None,
-        "eval_return_mean": timer.solved_at[2] if solved else None,
-        "eval_time_s": timer.solved_at[3] if solved else timer.eval_time,  # until solved, as for ours
-        "total_time_s": wall,
-        "total_eval_time_s": timer.eval_time,
-        "total_steps": int(model.num_timesteps),
-    }
+    s = timer.solved_at or dict(wall=wall, env_steps=model.num_timesteps, eval_time=timer.eval_time,
+                                eval_return=None)  # fmt: skip
+    return _seed_row(
+        seed, timer.solved_at is not None, wall=s["wall"], env_steps=s["env_steps"], eval_time=s["eval_time"],
+        eval_return=s["eval_return"], compile_s=None, budget_steps=budget,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- report
+def _seed_row(seed: int, solved: bool, *, wall: float, env_steps: int, eval_time: float, **extra) -> dict:
+    """One seed's result. ``wall``, ``env_steps`` and ``eval_time`` run until the run stopped: at its
+    solving evaluation, or at the end of its budget."""
+    return {
+        "seed": seed,
+        "solved": solved,
+        "time_to_solve_s": wall if solved else None,
+        "env_steps_to_solve": int(env_steps) if solved else None,
+        "wall_s": wall,
+        "env_steps": int(env_steps),
+        "eval_time_s": eval_time,
+        "train_steps_per_s": env_steps / max(wall - eval_time, 1e-9),
+        **extra,
+    }
+
+
+def grad_steps_per_1k(name: str, cfg: BenchConfig) -> float:
+    """Gradient steps per 1000 env steps: epochs x minibatches per batch of envs x steps."""
+    if name == SB3_ZOO:
+        batch = ZOO["n_envs"] * ZOO["n_steps"]
+        steps = ZOO["n_epochs"] * math.ceil(batch / ZOO["batch_size"])
+    else:
+        batch = cfg.num_envs * cfg.ppo.num_steps
+        steps = cfg.ppo.update_epochs * cfg.ppo.num_minibatches
+    return 1000.0 * steps / batch
+
+
 def _median(values: list[float | None]) -> float | None:
     """Median where an unsolved seed counts as infinitely slow; None when most seeds never solved."""
     m = statistics.median([math.inf if v is None else v for v in values])
@@ -200,75 +318,133 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "not solved" if x is None else f"{x:.{digits}f}"
 
 
+def _ratio(x: float | None, ref: float | None) -> str:
+    return "-" if x is None or not ref else f"{x / ref:.2f}x"
+
+
+def _span(seeds: tuple[int, ...]) -> str:
+    s = sorted(seeds)
+    return f"{s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) and len(s) > 1 else ", ".join(map(str, s))
+
+
+def summarize(results: dict[str, list[dict[str, Any]]], cfg: BenchConfig) -> dict[str, dict[str, Any]]:
+    """Per learner: medians over seeds, gradient steps per 1000 env steps."""
+    out = {}
+    for name, rs in results.items():
+        out[name] = {
+            "median_time_to_solve_s": _median([r["time_to_solve_s"] for r in rs]),
+            "median_env_steps_to_solve": _median([r["env_steps_to_solve"] for r in rs]),
+            "median_train_steps_per_s": statistics.median(r["train_steps_per_s"] for r in rs),
+            "median_eval_time_s": statistics.median(r["eval_time_s"] for r in rs),
+            "solved": f"{sum(r['solved'] for r in rs)}/{len(rs)}",
+            "grad_steps_per_1k_env_steps": grad_steps_per_1k(name, cfg),
+        }
+        compile_s = [r["compile_s"] for r in rs if r.get("compile_s") is not None]
+        out[name]["median_compile_s"] = statistics.median(compile_s) if compile_s else None
+    return out
+
+
+def make_table(summary: dict[str, dict[str, Any]], results: dict[str, list[dict[str, Any]]],
+               cfg: BenchConfig, device: torch.device, reference: str) -> str:  # fmt: skip
+    overlap = sorted(set(cfg.seeds) & set(TUNING_SEEDS))
+    tuning = _span(tuple(TUNING_SEEDS))
+    seeds_note = f"WARNING: {overlap} are tuning seeds" if overlap else f"none of the tuning seeds {tuning}"
+    ref = summary[reference]
+    lines = [
+        f"CartPole-v1 time to solve (eval mean >= {cfg.threshold:g} over {cfg.eval_episodes} episodes, "
+        f"evaluated every {cfg.eval_every_steps} env steps after the update"
+        f"{', hopeless evaluations cut short for all' if cfg.eval_early_stop else ''}); "
+        f"median of seeds {_span(cfg.seeds)} ({seeds_note}); device {device}, {torch.get_num_threads()} "
+        f"torch threads; ratios are to '{reference}' in this run",
+        "| learner | solved | median s to solve | s vs ours | median env steps to solve | steps vs ours "
+        "| train env steps/s | steps/s vs ours | grad steps / 1k env steps | eval s (median) | compile s "
+        "| per seed s | per seed env steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        rs = results[name]
+        lines.append(
+            f"| {name} | {s['solved']} | {_fmt(s['median_time_to_solve_s'])} "
+            f"| {_ratio(s['median_time_to_solve_s'], ref['median_time_to_solve_s'])} "
+            f"| {_fmt(s['median_env_steps_to_solve'], 0)} "
+            f"| {_ratio(s['median_env_steps_to_solve'], ref['median_env_steps_to_solve'])} "
+            f"| {s['median_train_steps_per_s']:,.0f} "
+            f"| {_ratio(s['median_train_steps_per_s'], ref['median_train_steps_per_s'])} "
+            f"| {s['grad_steps_per_1k_env_steps']:.2f} | {s['median_eval_time_s']:.2f} "
+            f"| {_fmt(s['median_compile_s']) if s['median_compile_s'] is not None else '-'} "
+            f"| {' / '.join(_fmt(r['time_to_solve_s']) for r in rs)} "
+            f"| {' / '.join(_fmt(r['env_steps_to_solve'], 0) for r in rs)} |"
+        )
+    lines.append(
+        "train env steps/s: env steps / (wall - evaluation time) until the run stopped (at its solve, or "
+        "its budget), setup and compilation included"
+    )
+    return "\n".join(lines)
+
+
+def default_out(cfg: BenchConfig, device: torch.device) -> Path:
+    """The recorded file for a full-settings run, else a temp file (never overwrite recorded figures)."""
+    if cfg.out:
+        return Path(cfg.out)
+    if dataclasses.replace(cfg, device="auto") == BenchConfig():
+        return RESULTS / f"bench_ppo_{device.type}.json"
+    path = Path(tempfile.gettempdir()) / f"bench_ppo_{device.type}_partial.json"
+    print(f"non-default settings and no --out: writing {path}, not experiments/results/")
+    return path
+
+
 def main(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     # Imports are not part of any timing. The first torch.optim optimizer of a process imports
     # torch._dynamo (about 1.5 s); without this, whichever learner runs first would pay for it.
     importlib.import_module("torch._dynamo")
+    if cfg.sb3:
+        importlib.import_module("stable_baselines3")
 
     device = resolve_device(cfg.device)
     variants = [("ours", dict(compile=False, capture="auto"))]
-    if device.type == "cuda":  # with and without compilation / CUDA graphs
+    reference = "ours"
+    if device.type == "cuda":  # one row per path
         variants = [
             ("ours (eager)", dict(compile=False, capture="none")),
             ("ours (CUDA graph)", dict(compile=False, capture="auto")),
             ("ours (CUDA graph + compile)", dict(compile=True, capture="auto")),
         ]
+        reference = "ours (CUDA graph)"  # the default path (PPOConfig: compile off, capture auto)
     results: dict[str, list[dict[str, Any]]] = {}
     for name, kw in variants:
         results[name] = [run_ours(cfg, s, str(device), **kw) for s in cfg.seeds]
         print(f"{name}: " + ", ".join(_fmt(r["time_to_solve_s"]) for r in results[name]), flush=True)
     if cfg.sb3:
-        results["sb3"] = [run_sb3(cfg, s) for s in cfg.seeds]
-        print("sb3: " + ", ".join(_fmt(r["time_to_solve_s"]) for r in results["sb3"]), flush=True)
+        for variant in dict.fromkeys(cfg.sb3_variants):
+            name = SB3_OURS if variant == "our-hparams" else SB3_ZOO
+            results[name] = [run_sb3(cfg, s, variant) for s in cfg.seeds]
+            print(f"{name}: " + ", ".join(_fmt(r["time_to_solve_s"]) for r in results[name]), flush=True)
 
-    medians = {name: _median([r["time_to_solve_s"] for r in rs]) for name, rs in results.items()}
-    sb3_solve = medians.get("sb3")
-    sb3_total = statistics.median([r["total_time_s"] for r in results["sb3"]]) if cfg.sb3 else None
-    lines = [
-        f"CartPole-v1 time to solve (eval mean >= {cfg.threshold:g} over {cfg.eval_episodes} episodes, "
-        f"evaluated every {cfg.eval_every_steps} env steps"
-        f"{', hopeless evaluations cut short for both' if cfg.eval_early_stop else ''}), "
-        f"median of seeds {list(cfg.seeds)}; "
-        f"device {device}, {torch.get_num_threads()} torch threads",
-        "| learner | median s to solve | per seed s | env steps to solve | eval s (to solve) | compile s "
-        "| SB3 / this |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, rs in results.items():
-        med = medians[name]
-        ratio = "" if name == "sb3" or med is None or sb3_solve is None else f"{sb3_solve / med:.1f}x"
-        compile_s = "-" if name == "sb3" else _fmt(statistics.median(r["compile_s"] for r in rs))
-        lines.append(
-            f"| {name} | {_fmt(med)} | {' / '.join(_fmt(r['time_to_solve_s']) for r in rs)} | "
-            f"{' / '.join(str(r['env_steps']) for r in rs)} | "
-            f"{_fmt(statistics.median(r['eval_time_s'] for r in rs))} | {compile_s} | {ratio} |"
-        )
-    if sb3_total is not None:
-        sb3_eval = statistics.median(r["total_eval_time_s"] for r in results["sb3"])
-        ours = medians[variants[-1][0]]
-        vs_total = "" if ours is None else f"; {sb3_total / ours:.1f}x our median time to solve"
-        lines.append(
-            f"SB3 full {cfg.sb3_total_steps} steps: median {sb3_total:.2f} s with its evaluations "
-            f"({sb3_eval:.2f} s of them){vs_total}"
-        )
-    table = "\n".join(lines)
+    summary = summarize(results, cfg)
+    table = make_table(summary, results, cfg, device, reference)
     print(table)
 
     report = {
         "config": dataclasses.asdict(cfg),
+        "seeds": list(cfg.seeds),
+        "tuning_seeds": [TUNING_SEEDS.start, TUNING_SEEDS.stop - 1],
+        "seeds_overlapping_tuning": sorted(set(cfg.seeds) & set(TUNING_SEEDS)),
+        "reference": reference,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "cpu_count": os.cpu_count(),
+        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "sb3": importlib.metadata.version("stable_baselines3") if cfg.sb3 else None,
+        "sb3_rl_zoo_hyperparameters": ZOO,
         "results": results,
-        "median_time_to_solve_s": medians,
-        "sb3_median_total_s": sb3_total,
+        "summary": summary,
         "table": table,
     }
-    out = Path(cfg.out) if cfg.out else RESULTS / f"bench_ppo_{device.type}.json"
+    out = default_out(cfg, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     print(f"wrote {out}")

@@ -2,18 +2,37 @@
 
 For each task (CartPole, FourRooms), policy (uniform random, a 64-64 tanh actor-critic MLP) and number
 of envs, one rollout collects T steps x N envs into a full batch (obs, action, log-prob, value,
-reward, true next obs, terminated, truncated) plus episode statistics, on both sides. Ours runs
+reward, true next obs, terminated, truncated) plus episode statistics, on both sides. One table row
+per path:
 
-- ``eager``: `hrl_nested.rollout.make_rollout` with ``capture="auto"`` (a CUDA graph on CUDA, eager
-  on CPU), and
-- ``compiled``: the same with ``compile_step=True`` and the env made with ``compile=True`` (one
-  ``torch.compile``-d step; captured as a CUDA graph on CUDA). Its compile time is reported apart.
+- ``ours eager``: `hrl_nested.rollout.make_rollout` with ``capture="auto"`` (a CUDA graph on CUDA,
+  eager on CPU);
+- ``ours compiled``: the same with ``compile_step=True`` and the env made with ``compile=True`` (one
+  ``torch.compile``-d step; captured as a CUDA graph on CUDA);
+- ``gymnax``: ``jit(lax.scan)`` over ``vmap(env.step)``.
 
-gymnax rows need the optional ``bench`` extra (``pip install jax gymnax``); without it they say so.
-Prints a table and writes ``experiments/results/bench_rollout_<device>.json``.
+Each row has its own ratio to gymnax; its "first call" column is the first rollout (for ``ours
+compiled`` a cold compile and capture, for gymnax the jit).
+
+The tasks are the same on both sides. CartPole-v1: the same dynamics and 500-step limit. FourRooms:
+ours is made with gymnax ``FourRooms-misc``'s defaults (`GYMNAX_FOUR_ROOMS`: slip 1/3, 500-step
+limit, goal (8, 9); checked against gymnax's own parameters when it imports). What ours cannot be
+set to match: the start cell (ours draws one uniformly in the room diagonally opposite the goal,
+the top-left room that holds gymnax's fixed start (4, 1)); the observation (ours a goal ``Dict`` of
+``observation``, ``achieved_goal``, ``desired_goal``, each the float ``(row, col) / 12``; gymnax one
+int32 4-vector ``(row, col, goal_row, goal_col)``; the MLP sees 4 inputs on both sides); the slip
+draw (the same distribution: gymnax takes a uniform action with probability 4/9, ours one of the
+three other moves with probability 1/3); gymnax's step computes a reset for every env at every step
+and selects, ours resets only the envs that ended.
+
+gymnax rows need the optional ``bench`` extra (``pip install -e ".[bench]"``: jax, gymnax); without
+it they say so. Prints a table and writes JSON: to ``experiments/results/bench_rollout_<device>.json``
+only when every setting is the default (``--device`` aside), else to ``--out`` or a temp file, so
+that a smoke run never overwrites the recorded figures.
 
     python experiments/bench_rollout.py --device cpu
     python experiments/bench_rollout.py --device cuda --num-envs-list 65536 1048576
+    python experiments/bench_rollout.py --num-envs-list 64 --steps 8 --repeats 1 --out /tmp/r.json
 """
 
 from __future__ import annotations
@@ -25,6 +44,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,10 +59,21 @@ import envs
 from hrl_nested.networks import ActorCritic, params_of
 from hrl_nested.rollout import PolicyOutput, actor_critic_policy, make_rollout
 
-TASKS = {  # our id -> (fallback entry point, gymnax id)
-    "CartPole": ("hrl_nested/CartPole-v1", None, "CartPole-v1"),
-    "FourRooms": ("hrl_nested/FourRooms-v0", "envs.tasks.four_rooms:FourRoomsEnv", "FourRooms-misc"),
+# gymnax FourRooms-misc's defaults (gymnax.environments.misc.rooms: EnvParams.fail_prob,
+# max_steps_in_episode, FourRooms.goal_fixed), as our FourRoomsEnv's constructor options.
+GYMNAX_FOUR_ROOMS = {"slip_prob": 1.0 / 3.0, "max_episode_steps": 500, "goal": (8, 9)}
+
+TASKS = {  # name -> (our id, fallback entry point, our constructor options, gymnax id)
+    "CartPole": ("hrl_nested/CartPole-v1", None, {}, "CartPole-v1"),
+    "FourRooms": (
+        "hrl_nested/FourRooms-v0",
+        "envs.tasks.four_rooms:FourRoomsEnv",
+        GYMNAX_FOUR_ROOMS,
+        "FourRooms-misc",
+    ),
 }
+PATHS = ("ours eager", "ours compiled", "gymnax")  # one table row each
+OFF = {"skipped": "off"}
 
 
 @dataclasses.dataclass
@@ -54,7 +85,7 @@ class Config:
     steps: int = 128
     """T, steps per rollout."""
     repeats: int = 5
-    """timed rollouts per measurement (the median is reported), after one warm-up."""
+    """timed rollouts per measurement (the median is reported), after the first call and one warm-up."""
     tasks: tuple[str, ...] = ("CartPole", "FourRooms")
     """tasks to run."""
     policies: tuple[str, ...] = ("random", "mlp")
@@ -69,7 +100,8 @@ class Config:
     """CPU threads for torch and XLA: 1 (both single-threaded: a fair comparison that a busy machine
     disturbs least) or 0 (each library's default)."""
     out: str | None = None
-    """JSON path; default experiments/results/bench_rollout_<device>.json."""
+    """JSON path. Default: experiments/results/bench_rollout_<device>.json when every other setting is
+    the default, else a file in the temp dir (a smoke run never overwrites the recorded figures)."""
 
 
 def _num_envs(obs) -> int:
@@ -90,8 +122,8 @@ def random_policy(n_actions: int):
 
 
 def make_ours(task: str, num_envs: int, device: str, compiled: bool):
-    env_id, entry, _ = TASKS[task]
-    kw = dict(device=device, autoreset_mode="same_step", validate=False, compile=compiled)
+    env_id, entry, options, _ = TASKS[task]
+    kw = dict(device=device, autoreset_mode="same_step", validate=False, compile=compiled, **options)
     note = ""
     try:
         env = envs.make(env_id, num_envs, **kw)
@@ -144,6 +176,8 @@ def prepare_ours(task: str, policy: str, num_envs: int, cfg: Config, compiled: b
 def measure(runners: dict, num_envs: int, cfg: Config) -> dict[str, dict]:
     """Time the runners in interleaved rounds, so that a busy machine's load hits them alike."""
     live = {k: r for k, r in runners.items() if isinstance(r, Runner)}
+    for r in live.values():  # one untimed call after the first: a late recompile stays out of the timings
+        r.run()
     times: dict[str, list[float]] = {k: [] for k in live}
     for _ in range(cfg.repeats):
         for k, r in live.items():
@@ -177,8 +211,18 @@ def prepare_gymnax(task: str, policy: str, num_envs: int, cfg: Config) -> Runner
         dev = jax.devices(platform_name)[0]
     except RuntimeError:
         return {"skipped": f"jax has no {platform_name} device"}
-    gid = TASKS[task][2]
+    gid = TASKS[task][3]
     env, env_params = gymnax.make(gid)
+    info = {"gymnax_id": gid}
+    if task == "FourRooms":  # ours was made with GYMNAX_FOUR_ROOMS: say so if gymnax's defaults moved
+        theirs = {
+            "slip_prob": float(env_params.fail_prob),
+            "max_episode_steps": int(env_params.max_steps_in_episode),
+            "goal": tuple(int(x) for x in env.goal_fixed),
+        }
+        differ = {k: v for k, v in theirs.items() if v != GYMNAX_FOUR_ROOMS[k]}
+        if differ:
+            info["note"] = f"gymnax's settings differ from ours: {differ}"
     n_act = int(env.action_space(env_params).n)
     obs_dim = int(env.observation_space(env_params).shape[0])
     T, N = cfg.steps, num_envs
@@ -234,6 +278,9 @@ def prepare_gymnax(task: str, policy: str, num_envs: int, cfg: Config) -> Runner
             jax.random.split(jax.random.PRNGKey(1), N), env_params
         )
         carry = (obs, state, jnp.zeros(N), jnp.zeros(N, jnp.int32), jax.random.PRNGKey(2))
+        # Committed like the rollout's outputs: a first call on uncommitted arrays would be compiled
+        # again on the second call (jit caches by committedness), inside the timed repeats.
+        carry = jax.device_put(carry, dev)
         fn = jax.jit(rollout)
         t0 = time.perf_counter()
         carry, traj = fn(theta, *carry)
@@ -247,7 +294,7 @@ def prepare_gymnax(task: str, policy: str, num_envs: int, cfg: Config) -> Runner
             box["carry"], traj = fn(theta, *box["carry"])
             jax.block_until_ready(traj)
 
-    return Runner(run, first_s, {"gymnax_id": gid})
+    return Runner(run, first_s, info)
 
 
 def fmt_rate(r: dict) -> str:
@@ -261,34 +308,34 @@ def main(cfg: Config) -> list[dict]:
         torch.set_num_threads(cfg.threads)
         if cfg.threads == 1:  # before jax is imported
             os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-    cuda = cfg.device.startswith("cuda")
-    sizes = cfg.num_envs_list or ((65536, 1048576) if cuda else (4096,))
     rows = []
     for task in cfg.tasks:
         for policy in cfg.policies:
-            for n in sizes:
-                row = {"task": task, "policy": policy, "num_envs": n, "steps": cfg.steps}
+            for n in default_sizes(cfg):
                 runners = {
-                    "ours_eager": prepare_ours(task, policy, n, cfg, compiled=False),
-                    "ours_compiled": _try_compiled(task, policy, n, cfg)
-                    if cfg.compile
-                    else {"skipped": "off"},
-                    "gymnax": prepare_gymnax(task, policy, n, cfg) if cfg.gymnax else {"skipped": "off"},
+                    "ours eager": prepare_ours(task, policy, n, cfg, compiled=False),
+                    "ours compiled": _try_compiled(task, policy, n, cfg) if cfg.compile else OFF,
+                    "gymnax": prepare_gymnax(task, policy, n, cfg) if cfg.gymnax else OFF,
                 }
-                row.update(measure(runners, n, cfg))
+                timed = measure(runners, n, cfg)
                 del runners
-                if cuda:
+                if cfg.device.startswith("cuda"):
                     torch.cuda.empty_cache()
-                best = max(
-                    (row[k].get("steps_per_s", 0.0) for k in ("ours_eager", "ours_compiled")), default=0.0
-                )
-                g = row["gymnax"].get("steps_per_s")
-                row["ratio_best_vs_gymnax"] = best / g if g and best else None
-                rows.append(row)
+                gymnax_rate = timed["gymnax"].get("steps_per_s")
+                for path in PATHS:
+                    r = timed[path]
+                    rate = r.get("steps_per_s")
+                    vs = rate / gymnax_rate if rate and gymnax_rate and path != "gymnax" else None
+                    row = {"task": task, "policy": policy, "num_envs": n, "steps": cfg.steps, "path": path}
+                    rows.append({**row, **r, "vs_gymnax": vs})
                 print(f"  done {task}/{policy}/{n}", flush=True)
     print_table(rows, cfg)
     write_json(rows, cfg)
     return rows
+
+
+def default_sizes(cfg: Config) -> tuple[int, ...]:
+    return cfg.num_envs_list or ((65536, 1048576) if cfg.device.startswith("cuda") else (4096,))
 
 
 def _try_compiled(task: str, policy: str, n: int, cfg: Config) -> dict:
@@ -320,57 +367,55 @@ def print_table(rows: list[dict], cfg: Config) -> None:
         f"\nRollout throughput, M steps/s (T={cfg.steps}, median of {cfg.repeats}), "
         f"device {cfg.device} ({dev}), torch threads {torch.get_num_threads()}"
     )
-    head = (
-        "task",
-        "policy",
-        "num_envs",
-        "ours eager",
-        "ours compiled",
-        "compile s",
-        "gymnax",
-        "jit s",
-        "best/gymnax",
-    )
+    head = ("task", "policy", "num_envs", "path", "M steps/s", "first call s", "vs gymnax")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     notes = []
     for r in rows:
-        e, c, g = r["ours_eager"], r["ours_compiled"], r["gymnax"]
-        ratio = f"{r['ratio_best_vs_gymnax']:.2f}x" if r["ratio_best_vs_gymnax"] else "-"
         cells = (
             r["task"],
             r["policy"],
             f"{r['num_envs']:,}",
-            fmt_rate(e),
-            fmt_rate(c),
-            f"{c['first_call_s']:.1f}" if "first_call_s" in c else "-",
-            fmt_rate(g),
-            f"{g['first_call_s']:.1f}" if "first_call_s" in g else "-",
-            ratio,
+            r["path"],
+            fmt_rate(r) if "steps_per_s" in r else r.get("skipped", "-"),
+            f"{r['first_call_s']:.1f}" if "first_call_s" in r else "-",
+            f"{r['vs_gymnax']:.2f}x" if r["vs_gymnax"] else "-",
         )
         print("| " + " | ".join(str(x) for x in cells) + " |")
-        for name, d in (("ours", e), ("gymnax", g), ("compiled", c)):
-            for key in ("skipped", "note"):
-                if key in d and d[key] != "off":
-                    notes.append(f"{r['task']}/{r['policy']}/{r['num_envs']} {name}: {d[key]}")
+        if "note" in r:
+            notes.append(f"{r['task']}/{r['policy']}/{r['num_envs']} {r['path']}: {r['note']}")
     if "FourRooms" in cfg.tasks:
+        opts = ", ".join(f"{k}={v!r}" for k, v in GYMNAX_FOUR_ROOMS.items())
         notes.append(
-            "FourRooms: ours is hrl_nested/FourRooms-v0 (no slip, 100-step limit, Dict goal obs); gymnax's "
-            "FourRooms-misc runs its defaults (slip 1/3, 500-step limit, a 4-vector obs)"
+            f"FourRooms: ours is made with gymnax FourRooms-misc's defaults ({opts}); still different: "
+            "the start cell (ours uniform in the top-left room, gymnax fixed at (4, 1)) and the observation "
+            "(ours a goal Dict of (row, col) / 12 floats, gymnax an int 4-vector; the MLP sees 4 inputs on "
+            "both sides)"
         )
     notes.append(
         "ours eager = make_rollout(capture='auto'): a CUDA graph on CUDA, eager on CPU; ours compiled adds "
-        "compile_step=True and an env made with compile=True; compile s = its first call (cold compile, "
-        "capture and one rollout); jit s = gymnax's first call"
+        "compile_step=True and an env made with compile=True; first call s = the first rollout (for ours "
+        "compiled: cold compile and capture; for gymnax: the jit)"
     )
     for n in dict.fromkeys(notes):
         print(f"- {n}")
 
 
+def is_full_run(cfg: Config) -> bool:
+    """Every setting at its default (device and output path aside, the sizes at the device's default)."""
+    sizes_default = default_sizes(cfg) == default_sizes(dataclasses.replace(cfg, num_envs_list=None))
+    return sizes_default and dataclasses.replace(cfg, device="cpu", out=None, num_envs_list=None) == Config()
+
+
 def write_json(rows: list[dict], cfg: Config) -> None:
-    path = Path(
-        cfg.out or Path(__file__).parent / "results" / f"bench_rollout_{cfg.device.split(':')[0]}.json"
-    )
+    name = f"bench_rollout_{cfg.device.split(':')[0]}.json"
+    if cfg.out:
+        path = Path(cfg.out)
+    elif is_full_run(cfg):
+        path = Path(__file__).parent / "results" / name
+    else:
+        path = Path(tempfile.gettempdir()) / name.replace(".json", "_partial.json")
+        print(f"non-default settings and no --out: writing {path}, not experiments/results/")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "device": cfg.device,
@@ -380,6 +425,10 @@ def write_json(rows: list[dict], cfg: Config) -> None:
         "cpu_count": os.cpu_count(),
         "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "config": dataclasses.asdict(cfg),
+        "tasks": {
+            t: {"ours": TASKS[t][0], "ours_options": TASKS[t][2], "gymnax": TASKS[t][3]} for t in cfg.tasks
+        },
+        "layout": "one row per (task, policy, num_envs, path); vs_gymnax = this path's steps/s / gymnax's",
     }
     try:
         import gymnax
