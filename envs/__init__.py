@@ -4,10 +4,19 @@
 ``gymnasium.make_vec("hrl_nested/CartPole-v1", num_envs=4096, device="cuda")`` works.
 """
 
+from envs.adapter import supports_state
 from envs.checker import check_vector_env
 from envs.core import Draw, EnvState, TorchVectorEnv
 from envs.registration import make, register_envs
 
 register_envs()
 
-__all__ = ["Draw", "EnvState", "TorchVectorEnv", "check_vector_env", "make", "register_envs"]
+__all__ = [
+    "Draw",
+    "EnvState",
+    "TorchVectorEnv",
+    "check_vector_env",
+    "make",
+    "register_envs",
+    "supports_state",
+]

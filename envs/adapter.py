@@ -18,7 +18,8 @@ naming it, its key, and the way out: a Gymnasium wrapper that drops or encodes i
 
 The adapter is a `gymnasium.vector.VectorEnv`, not a `TorchVectorEnv`: the latter is built from
 tensor hooks, while here the dynamics live in the wrapped simulator. Hence there is no
-``get_state`` / ``set_state``.
+``get_state`` / ``set_state`` (``supports_state`` is False, see `supports_state`): a learner runs it
+with an eager (uncaptured) rollout, and a resumed run restores the learner and starts fresh episodes.
 """
 
 from __future__ import annotations
@@ -288,6 +289,9 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
             self.device
         )
 
+    supports_state = False
+    """``get_state`` / ``set_state`` cannot snapshot a simulator: no capture, no env state in checkpoints."""
+
     def get_state(self) -> Any:
         raise NotImplementedError(
             "GymnasiumVectorAdapter: the state lives inside the wrapped simulator and cannot be snapshotted; "
@@ -406,6 +410,26 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
                     f"{name}: expected integers in [{lo}, {hi}) for {space}, got {arr[i]} at env {i}"
                 )
         return arr.astype(space.dtype, copy=False)
+
+
+def supports_state(env: Any) -> bool:
+    """Whether ``env.get_state()`` / ``env.set_state()`` snapshot everything needed to continue exactly.
+
+    True for a `TorchVectorEnv` (its state is tensors); False for a `GymnasiumVectorAdapter`, whose state
+    lives inside the wrapped simulator. Any env may declare it with a ``supports_state`` attribute.
+
+    >>> import envs
+    >>> envs.supports_state(envs.make("hrl_nested/CartPole-v1"))
+    True
+    >>> envs.supports_state(envs.make("CartPole-v1"))
+    False
+    """
+    declared = getattr(env, "supports_state", None)
+    if declared is not None:
+        return bool(declared)
+    return isinstance(env, TorchVectorEnv) or (
+        callable(getattr(env, "get_state", None)) and callable(getattr(env, "set_state", None))
+    )
 
 
 def _row(batched: Any, i: int) -> Any:

@@ -25,7 +25,6 @@ Observations are always returned contiguous.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,15 +35,17 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs import rng
+from envs.actions import ActionRule
 from envs.fused import RESET_STREAM, CompiledStep, Obs, _contiguous, _where, fused_step
 from envs.rng import Draw
 
 __all__ = ["Draw", "EnvState", "Obs", "TorchVectorEnv", "parse_autoreset_mode"]
 
 # Attributes assigned after construction that the step itself does not read (the env's own
-# bookkeeping, and ``validate``, checked before the step); assigning any other attribute tells a
-# compiled step that the configuration may have changed.
-_STATE_ATTRIBUTES = frozenset({"_seeded", "_config_version", "validate"})
+# bookkeeping); assigning any other attribute tells a compiled step that the configuration may have
+# changed (``validate`` is one: the step records invalid actions when it is on). Properties, such as
+# ``state``, copy into the existing buffers and are not counted either (see ``__setattr__``).
+_STATE_ATTRIBUTES = frozenset({"_seeded", "_config_version"})
 
 
 @dataclasses.dataclass
@@ -56,8 +57,10 @@ class EnvState:
             variables such as goals (``(N, D)`` ones column-major, as the env stores them).
         elapsed: int64 ``(N,)`` steps since each env's last reset (for the time limit).
         needs_reset: bool ``(N,)`` envs whose next ``step`` is a NEXT_STEP autoreset.
-        rng_key: int64 ``(N,)`` per-env random keys (from seed and env index).
-        rng_counter: int64 ``(N,)`` per-env random counters.
+        rng_key: int64 ``(N, 4)`` per-env stream keys, 32-bit words ``(seed_lo, seed_hi, index_lo,
+            index_hi)``: the 64-bit reset seed and the env's stream index (`envs.rng.seed_keys`).
+        rng_counter: int64 ``(N, 2)`` per-env 64-bit counters of ``step`` / ``reset`` calls, 32-bit
+            words ``(lo, hi)``.
     """
 
     vars: dict[str, torch.Tensor]
@@ -151,22 +154,36 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         device: any torch device; all tensors in and out live there.
         dtype: float dtype of physics, observations and rewards (float32 or float64).
         autoreset_mode: NEXT_STEP (Gymnasium's default) or SAME_STEP.
-        validate: check action *values* (range, NaN) on every step. Costs a host sync on CUDA;
-            turn off on the fast rollout path. Shape, dtype and device are always checked.
-        compile: run the step through ``torch.compile``: the transition, the autoreset, the time limit
-            and every in-place buffer write become one fused kernel (CPU and CUDA), called without
-            dynamo's per-call overhead (`envs.fused.CompiledStep`). The first step compiles (seconds,
-            see ``compile_seconds``); validation, when on, stays outside the kernel. Assigning an
-            attribute of the env later (``env.max_episode_steps = 100``) triggers a re-trace.
+        validate: what an invalid action (out of range, NaN) does. ``True``: a ``ValueError``, at once
+            on an eager CPU step; on CUDA or a compiled step (where checking at once costs a host sync)
+            at the next ``reset``, ``get_state`` or `raise_pending`. ``False`` (the fast path learners
+            use): it is replaced by the nearest valid action (NaN: ``neutral_action``), the same way in
+            every env. Also ``True``: ``Box`` actions must have the env's dtype. See `envs.actions`.
+            Shape, device and integer-vs-float are always checked.
+        compile: run the step through ``torch.compile``: the sanitising of actions, the transition, the
+            autoreset, the time limit and every in-place buffer write become one fused kernel (CPU and
+            CUDA), called without dynamo's per-call overhead (`envs.fused.CompiledStep`). The first step
+            compiles (seconds, see ``compile_seconds``). Assigning an attribute of the env later
+            (``env.max_episode_steps = 100``) triggers a re-trace; assigning ``env.state`` copies in
+            place and does not. The kernel computes the same dynamics with other math routines
+            (vectorized ``sin``, ``cos``, fused expressions): its results can differ from the eager
+            step's in the low bits (in float64, agreement to 1e-5 over 100 steps is tested for every
+            task; in float32 a task's own dynamics may amplify a one-ulp difference over a trajectory).
 
     Attributes:
-        clip_actions: class attribute, ``True`` for tasks whose Gymnasium original clips a ``Box``
-            action itself (Pendulum, MountainCarContinuous); otherwise ``validate`` rejects
-            out-of-bounds actions.
+        clip_actions: class attribute, ``True`` for tasks whose Gymnasium original accepts out-of-bounds
+            ``Box`` actions and clips them itself (Pendulum, MountainCarContinuous): there any finite
+            value is a valid action and the task applies Gymnasium's clip; elsewhere out-of-bounds
+            actions are invalid.
+        neutral_action: class attribute, the task's "do nothing" action; a NaN ``Box`` coordinate is
+            replaced by it. ``None``: the middle of the bounds (0 clipped into them where one is
+            infinite). On a ``Discrete`` task it names the no-op, if there is one (integers cannot be
+            NaN).
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
     clip_actions: bool = False
+    neutral_action: Any = None
 
     def __init__(
         self,
@@ -206,7 +223,7 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         n, dev = self.num_envs, self.device
         self._env_index = torch.arange(n, device=dev, dtype=torch.int64)
         self._rng_key = rng.seed_keys(torch.zeros(n, dtype=torch.int64, device=dev), self._env_index)
-        self._rng_counter = torch.zeros(n, dtype=torch.int64, device=dev)
+        self._rng_counter = torch.zeros(n, 2, dtype=torch.int64, device=dev)
         self._elapsed = torch.zeros(n, dtype=torch.int64, device=dev)
         self._needs_reset = torch.zeros(n, dtype=torch.bool, device=dev)
         self._seeded = False
@@ -217,7 +234,12 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         self._branch_free = self.device.type != "cpu" or compile
         self.compiled = bool(compile)
         self._uint8_flags = self.compiled and self.device.type == "cpu"
-        self._init_action_checks()
+        # Action checks: at once on the eager CPU path; CUDA and compiled steps record invalid actions
+        # on the device instead (no host sync), reported by `raise_pending`.
+        self._defer_checks = self._branch_free
+        self._action_rule = ActionRule(
+            single_action_space, n, dtype, dev, type(self).clip_actions, type(self).neutral_action
+        )
         self._config_version = 0
         self._compiled_step = CompiledStep(self) if compile else None
 
@@ -232,38 +254,6 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
 
     def _observe(self, vars: dict[str, torch.Tensor]) -> Obs:
         raise NotImplementedError
-
-    def _check_action_values(self, action: torch.Tensor) -> None:
-        """Value checks (run only when ``validate``): Discrete range; Box NaN/inf and, unless the task
-        clips (``clip_actions``), bounds. One reduction and one host read on the common path."""
-        space = self.single_action_space
-        if isinstance(space, gym.spaces.Discrete):
-            lo, hi = self._discrete_range
-            mn, mx = torch.aminmax(action)
-            if int(mn) < lo or int(mx) >= hi:
-                i = int(((action < lo) | (action >= hi)).nonzero()[0, 0])
-                raise ValueError(
-                    f"actions: expected integers in [{lo}, {hi}) for {space}, got {int(action[i])} at env {i}"
-                )
-        elif isinstance(space, gym.spaces.Box):
-            flat = action.reshape(action.shape[0], -1)
-            mn, mx = (t.tolist() for t in torch.aminmax(flat, dim=0))
-            if not all(math.isfinite(v) for v in mn + mx):  # aminmax propagates NaN
-                i = int((~torch.isfinite(flat)).any(-1).nonzero()[0, 0])
-                raise ValueError(
-                    f"actions: expected finite values for {space}, "
-                    f"got {action[i].tolist()} (NaN/inf) at env {i}"
-                )
-            if not self.clip_actions:
-                low, high = self._box_bounds
-                if any(m < b for m, b in zip(mn, low)) or any(m > b for m, b in zip(mx, high)):
-                    lo_t = torch.as_tensor(low, dtype=flat.dtype, device=flat.device)
-                    hi_t = torch.as_tensor(high, dtype=flat.dtype, device=flat.device)
-                    i = int(((flat < lo_t) | (flat > hi_t)).any(-1).nonzero()[0, 0])
-                    raise ValueError(
-                        f"actions: expected values within the bounds of {space} (low={space.low.tolist()}, "
-                        f"high={space.high.tolist()}), got {action[i].tolist()} at env {i}"
-                    )
 
     # ---------------------------------------------------------------- public API
     @property
@@ -280,13 +270,27 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
     ) -> tuple[Obs, dict[str, torch.Tensor]]:
         """Reset all envs (or those in ``options["reset_mask"]``).
 
-        ``seed``: an int (env i is keyed on ``(seed, i)``, as Gymnasium seeds env i with ``seed + i``),
-        a list of N per-env seeds, or None (keep the current keys; a fresh entropy seed the first time).
+        Args:
+            seed: an int in ``[0, 2**64)`` (env ``i`` draws from the stream ``(seed, i)``, as Gymnasium
+                seeds env ``i`` with ``seed + i``; distinct seeds are distinct streams), a list of N
+                such per-env seeds, or None (keep the current streams; a fresh entropy seed the first
+                time).
+            options: ``"reset_mask"``: bool ``(N,)``, the envs to reset (default all);
+                ``"env_index"``: N ints in ``[0, 2**40)``, the stream index of each env in place of its
+                position, so that one batch can hold the envs of several runs: env ``k`` reset with
+                ``seed=s, options={"env_index": [..., j, ...]}`` (``j`` at position ``k``) draws exactly
+                what env ``j`` of a batch reset with ``seed=s`` draws. The index stays with the env
+                until the next ``env_index``; with ``seed=None`` the envs keep their current seeds.
+                Reseeding or a new index restarts the env's counter.
         """
+        self.raise_pending()  # invalid actions of earlier deferred-check steps surface here
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
+        env_index = options.pop("env_index", None)
         if options:
-            raise ValueError(f"reset options: expected only 'reset_mask', got {sorted(options)}")
+            raise ValueError(
+                f"reset options: expected only 'reset_mask' and 'env_index', got {sorted(options)}"
+            )
         if mask is None:
             mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         else:
@@ -297,17 +301,21 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
                     f"got {mask.dtype} {tuple(mask.shape)}"
                 )
         if seed is None and not self._seeded:
-            seed = int(np.random.SeedSequence().entropy % (2**63))
-        if seed is not None:
-            seeds = self._seed_tensor(seed)
-            keys = rng.seed_keys(seeds, self._env_index)
-            self._rng_key.copy_(torch.where(mask, keys, self._rng_key))
-            self._rng_counter.masked_fill_(mask, 0)
+            seed = int(np.random.SeedSequence().entropy % (2**64))
+        if seed is not None or env_index is not None:
+            words = self._rng_key[:, :2] if seed is None else self._seed_words(seed)
+            index = self._env_index if env_index is None else self._env_index_tensor(env_index)
+            keys = rng.seed_keys(words, index)
+            self._rng_key.copy_(torch.where(mask.unsqueeze(1), keys, self._rng_key))
+            self._rng_counter.masked_fill_(mask.unsqueeze(1), 0)
             self._seeded = True
-        fresh = self._sample_reset(Draw(self._rng_key, self._rng_counter, RESET_STREAM, self.dtype))
+        # On the eager CPU path a partial reset draws only the rows it keeps (the draw is the step's
+        # costliest part); every other path draws all rows, branch-free.
+        rows = None if self._branch_free or bool(mask.all()) else mask.nonzero().squeeze(1)
+        fresh = self._sample_reset(Draw(self._rng_key, self._rng_counter, RESET_STREAM, self.dtype, rows))
         for k, v in fresh.items():
             self._vars[k].copy_(_where(mask, v, self._vars[k]))
-        self._rng_counter.add_(mask.long())
+        rng.increment(self._rng_counter, mask.long())
         self._elapsed.masked_fill_(mask, 0)
         self._needs_reset.masked_fill_(mask, False)
         return _contiguous(self._observe(self._vars)), {}
@@ -315,11 +323,34 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
     def step(
         self, actions: torch.Tensor | np.ndarray
     ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """One step of every env; returns ``(obs, reward, terminated, truncated, info)``."""
+        """One step of every env; returns ``(obs, reward, terminated, truncated, info)``.
+
+        Invalid actions (out of range, NaN; see `envs.actions`): with ``validate=False`` they are
+        replaced by the nearest valid action (NaN: ``neutral_action``) and no error is raised. With
+        ``validate=True`` on an eager CPU env, this call raises ``ValueError`` and changes nothing. With
+        ``validate=True`` on CUDA or with ``compile=True``, this call does *not* raise: the step runs
+        with the sanitised actions and records the invalid ones on the device; a direct ``env.step``
+        user sees the ``ValueError`` at the next ``reset()``, ``get_state()`` or ``env.raise_pending()``.
+        Wrong shape, device or kind of dtype raise at once everywhere.
+        """
         return self._step_impl(self._check_actions(actions))
 
+    def raise_pending(self) -> None:
+        """Raise the invalid actions recorded by CUDA or compiled steps with ``validate=True``, if any.
+
+        Raises ``ValueError`` naming the envs and the first invalid action of each, and clears the
+        record. Costs one host sync, and only once such a step has run (never with ``validate=False``
+        or on the eager CPU path, where the check happens in ``step`` itself), so learning code can call
+        it once per iteration at no cost. ``reset`` and ``get_state`` call it first.
+        """
+        self._action_rule.raise_recorded()
+
     def get_state(self) -> EnvState:
-        """A snapshot (cloned tensors) of everything needed to continue exactly."""
+        """A snapshot (cloned tensors) of everything needed to continue exactly.
+
+        Raises first the invalid actions recorded by deferred checks, if any (see `raise_pending`).
+        """
+        self.raise_pending()
         return EnvState(
             vars={k: v.clone() for k, v in self._vars.items()},
             elapsed=self._elapsed.clone(),
@@ -332,6 +363,15 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         """Restore a snapshot by copying in place (tensor addresses stay stable for CUDA graphs)."""
         if not isinstance(state, EnvState):
             raise ValueError(f"set_state: expected an EnvState, got {type(state).__name__}")
+        for name, words in (("rng_key", 4), ("rng_counter", 2)):
+            got = getattr(state, name)
+            if isinstance(got, torch.Tensor | np.ndarray) and got.ndim == 1:
+                raise ValueError(
+                    f"set_state: {name} has shape {tuple(got.shape)}, the 32-bit RNG layout of an EnvState "
+                    f"saved before the RNG was widened to Philox-4x32 (64-bit seeds and counters); it "
+                    f"cannot be continued. Expected int64 of shape ({self.num_envs}, {words}); reset the "
+                    f"env instead."
+                )
         if set(state.vars) != set(self._vars):
             raise ValueError(f"set_state: expected vars {sorted(self._vars)}, got {sorted(state.vars)}")
         for k, v in state.vars.items():
@@ -361,62 +401,93 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A compiled step bakes the env's attributes into its kernel: count assignments so that it
-        # re-traces (through dynamo's guards) after one.
+        # re-traces (through dynamo's guards) after one. A property (``env.state = x``) is not counted:
+        # its setter copies into the existing buffers, and any attribute it assigns is counted itself.
         object.__setattr__(self, name, value)
-        if name not in _STATE_ATTRIBUTES and "_config_version" in self.__dict__:
+        if (
+            name not in _STATE_ATTRIBUTES
+            and "_config_version" in self.__dict__
+            and not isinstance(getattr(type(self), name, None), property)
+        ):
             self.__dict__["_config_version"] += 1
 
-    def _init_action_checks(self) -> None:
-        """Precompute what `_check_actions` compares against, so the hot path is attribute reads."""
-        space = self.single_action_space
-        self._action_shape = torch.Size(self.action_space.shape)
-        self._discrete_action = isinstance(space, gym.spaces.Discrete)
-        self._box_action = isinstance(space, gym.spaces.Box)
-        self._discrete_range = (
-            (int(space.start), int(space.start + space.n)) if self._discrete_action else None
-        )
-        if self._box_action:
-            low = np.broadcast_to(space.low, space.shape).reshape(-1).astype(np.float64)
-            high = np.broadcast_to(space.high, space.shape).reshape(-1).astype(np.float64)
-            self._box_bounds = (low.tolist(), high.tolist())
-
     def _check_actions(self, a: torch.Tensor | np.ndarray) -> torch.Tensor:
-        if not isinstance(a, torch.Tensor):
-            a = torch.as_tensor(np.asarray(a), device=self.device)
-        if a.device != self.device:
-            raise ValueError(f"actions: expected a tensor on {self.device}, got one on {a.device}")
-        if a.shape != self._action_shape:
-            raise ValueError(
-                f"actions: expected shape {tuple(self._action_shape)} (num_envs={self.num_envs} x single "
-                f"action {tuple(self.single_action_space.shape)}), got {tuple(a.shape)}"
-            )
-        if self._discrete_action:
-            if a.is_floating_point() or a.is_complex() or a.dtype == torch.bool:
-                raise ValueError(
-                    f"actions: expected an integer tensor for {self.single_action_space}, got {a.dtype}"
-                )
-        elif self._box_action:
-            if not a.is_floating_point():
-                raise ValueError(
-                    f"actions: expected a floating-point tensor for {self.single_action_space}, got {a.dtype}"
-                )
-            if a.dtype != self.dtype:
-                a = a.to(self.dtype)
+        """Shape, device and dtype always; values at once on the eager CPU path with ``validate``."""
+        rule = self._action_rule
+        a = rule.check(a, self.validate)
         if self.validate:
-            self._check_action_values(a)
+            if self._defer_checks:
+                rule.used = True  # the step records invalid actions on the device
+            else:
+                rule.check_now(a)
         return a
 
-    def _seed_tensor(self, seed: int | list[int]) -> torch.Tensor:
-        if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
-            if seed < 0:
-                raise ValueError(f"seed: expected a non-negative int, got {seed}")
-            return torch.full((self.num_envs,), int(seed) % 2**63, dtype=torch.int64, device=self.device)
-        seeds = list(seed)
-        if len(seeds) != self.num_envs or any(not isinstance(s, int | np.integer) or s < 0 for s in seeds):
-            raise ValueError(
-                f"seed: expected an int, None or a list of {self.num_envs} non-negative ints, got {seed!r}"
-            )
-        return torch.tensor([int(s) % 2**63 for s in seeds], dtype=torch.int64, device=self.device)
+    def _step_actions(self, a: torch.Tensor) -> torch.Tensor:
+        """The actions the transition sees (called inside the fused step, eager or compiled).
+
+        Already checked (eager CPU with ``validate``): unchanged. Deferred checks: recorded, then
+        sanitised. ``validate=False``: sanitised. Sanitising leaves valid actions unchanged.
+        """
+        rule = self._action_rule
+        if self.validate and not self._defer_checks:
+            return a
+        if self.validate:
+            rule.record(a)
+        return rule.sanitize(a)
+
+    def _seed_words(self, seed: int | list[int]) -> torch.Tensor:
+        """int64 ``(N, 2)`` 32-bit words ``(lo, hi)`` of an int seed or a list of N seeds, each in
+        ``[0, 2**64)`` (Philox's whole 64-bit key: no two seeds share one)."""
+        expected = f"an int in [0, 2**64), None or a list of {self.num_envs} such ints"
+        if isinstance(seed, torch.Tensor | np.ndarray) and seed.ndim == 0:
+            seed = seed.item()
+
+        def ok(s: Any) -> bool:
+            return isinstance(s, int | np.integer) and not isinstance(s, bool | np.bool_) and 0 <= s < 2**64
+
+        if isinstance(seed, int | np.integer | bool | np.bool_):
+            if not ok(seed):
+                raise ValueError(f"seed: expected {expected}, got {seed!r}")
+            seeds = [int(seed)] * self.num_envs
+        else:
+            if isinstance(seed, float | str | bytes) or not hasattr(seed, "__len__"):
+                raise ValueError(f"seed: expected {expected}, got {type(seed).__name__} {seed!r}")
+            seeds = [
+                s.item() if isinstance(s, np.generic | torch.Tensor) and s.ndim == 0 else s for s in seed
+            ]
+            if len(seeds) != self.num_envs or not all(ok(s) for s in seeds):
+                raise ValueError(f"seed: expected {expected}, got {seed!r}")
+        words = [(int(s) & 0xFFFFFFFF, int(s) >> 32) for s in seeds]
+        return torch.tensor(words, dtype=torch.int64, device=self.device)
+
+    def _env_index_tensor(self, env_index: Any) -> torch.Tensor:
+        """``options["env_index"]`` as int64 ``(N,)`` on the env's device, validated."""
+        expected = (
+            f"{self.num_envs} ints in [0, 2**{rng.INDEX_BITS}) (a sequence, array or integer tensor "
+            f"of shape ({self.num_envs},))"
+        )
+        if isinstance(env_index, torch.Tensor):
+            idx = env_index
+        else:
+            try:
+                arr = np.asarray(env_index)
+            except (TypeError, ValueError, OverflowError) as err:
+                raise ValueError(f"env_index: expected {expected}, got {env_index!r}") from err
+            if arr.dtype == object or arr.dtype.kind not in "iu":
+                raise ValueError(f"env_index: expected {expected}, got dtype {arr.dtype}: {env_index!r}")
+            if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= 2**rng.INDEX_BITS:
+                raise ValueError(f"env_index: expected {expected}, got a value {int(arr.max())}")
+            idx = torch.as_tensor(arr.astype(np.int64))
+        if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
+            raise ValueError(f"env_index: expected {expected}, got dtype {idx.dtype}")
+        if tuple(idx.shape) != (self.num_envs,):
+            raise ValueError(f"env_index: expected {expected}, got shape {tuple(idx.shape)}")
+        idx = idx.to(device=self.device, dtype=torch.int64)
+        lo, hi = (int(v) for v in torch.aminmax(idx))  # one host read, at reset only
+        if lo < 0 or hi >= 2**rng.INDEX_BITS:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"env_index: expected {expected}, got a value {bad}")
+        return idx
 
     def _copy_into(self, dst: torch.Tensor, src: torch.Tensor | np.ndarray, name: str) -> None:
         if not isinstance(src, torch.Tensor):

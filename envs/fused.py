@@ -29,6 +29,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch.utils import _pytree as pytree
 
+from envs import rng
 from envs.rng import Draw
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
@@ -88,6 +89,16 @@ def _flag(b: torch.Tensor, via_uint8: bool) -> torch.Tensor:
     return torch.where(b, 1, 0).to(torch.uint8).view(torch.bool)
 
 
+def _rows(env: Any, mask: torch.Tensor) -> torch.Tensor | None:
+    """The rows a reset draw must fill: on the eager CPU path only the envs being reset (Philox costs
+    about a hundred tensor ops per draw, so a few rows cost far less than all); elsewhere all (None),
+    branch-free and without a host sync."""
+    if env._branch_free:
+        return None
+    rows = mask.nonzero().squeeze(1)
+    return None if rows.shape[0] == mask.shape[0] else rows
+
+
 def fused_step(
     env: Any,
     actions: torch.Tensor,
@@ -105,6 +116,9 @@ def fused_step(
     are fresh tensors that never alias the env's state.
     """
     u8, cols = env._uint8_flags, env.compiled
+    # Invalid actions are recorded (validate=True on CUDA / compiled) and replaced by the nearest valid
+    # ones here, inside the kernel, so that no env's state is poisoned and no host sync is needed.
+    actions = env._step_actions(actions)
     new_v, reward, terminated = env._transition(
         vars, actions, Draw(rng_key, rng_counter, STEP_STREAM, env.dtype)
     )
@@ -119,7 +133,9 @@ def fused_step(
         # reset observation, reward 0 and both flags False.
         pending = needs_reset.view(torch.uint8) != 0 if u8 else needs_reset
         if env._branch_free or bool(pending.any()):
-            fresh = env._sample_reset(Draw(rng_key, rng_counter, RESET_STREAM, env.dtype))
+            fresh = env._sample_reset(
+                Draw(rng_key, rng_counter, RESET_STREAM, env.dtype, _rows(env, pending))
+            )
             new_v = {k: _select(pending, fresh[k], new_v[k], cols) for k in new_v}
             reward = torch.where(pending, torch.zeros_like(reward), reward)
             terminated = terminated & ~pending
@@ -135,14 +151,14 @@ def fused_step(
         info["final_obs"] = _contiguous(env._observe(new_v))
         info["_final_obs"] = _flag(done, u8)
         if env._branch_free or bool(done.any()):
-            fresh = env._sample_reset(Draw(rng_key, rng_counter, RESET_STREAM, env.dtype))
+            fresh = env._sample_reset(Draw(rng_key, rng_counter, RESET_STREAM, env.dtype, _rows(env, done)))
             new_v = {k: _select(done, fresh[k], new_v[k], cols) for k in new_v}
             elapsed_new = torch.where(done, torch.zeros_like(elapsed_new), elapsed_new)
     obs = _contiguous(env._observe(new_v))
     for k, t in new_v.items():
         _write(vars[k], t, cols)
     elapsed.copy_(elapsed_new)
-    rng_counter.add_(1)
+    rng.increment(rng_counter)
     return obs, reward, _flag(terminated, u8), _flag(truncated, u8), info
 
 
@@ -244,12 +260,14 @@ class CompiledStep:
         # so the graph captured here is the one that belongs to ``key``.
         fn = torch.compile(_private_copy(fused_step), dynamic=False, backend=backend)
         env = self.env
-        before = env.get_state()
+        before = _snapshot(env)
         out = fn(env, actions, *buffers)
         direct = self._verify(fn, captured, out, actions, before, buffers)
         if direct is None:
             self._dynamo = fn  # keep the plain compiled path (it may hold several graphs)
         else:
+            # Graphs of an older configuration can never be called again: drop them, not leak them.
+            self._direct = {k: v for k, v in self._direct.items() if k[0] == key[0]}
             self._direct[key] = direct
         self.compile_seconds += time.perf_counter() - start
         return out
@@ -264,22 +282,33 @@ class CompiledStep:
         if n_out != len(leaves) or len(slots) != 1 or any(not isinstance(t, torch.Tensor) for t in inputs):
             return None
         env = self.env
-        after = env.get_state()
+        after = _snapshot(env)
         probe = _probe_state(env, before)
         # From the same (probe) state: once through dynamo, once directly; everything must match.
         env.set_state(probe)
         ref = pytree.tree_leaves(fn(env, actions, *buffers))
-        ref_state = env.get_state().tensors()
+        ref_state = _snapshot(env).tensors()
         env.set_state(probe)
         got = compiled(*inputs)
         ok = len(got) == len(ref) and all(_same(a, b) for a, b in zip(got, ref))
-        ok = ok and all(_same(a, ref_state[k]) for k, a in env.get_state().tensors().items())
+        ok = ok and all(_same(a, ref_state[k]) for k, a in _snapshot(env).tensors().items())
         env.set_state(after)
         if not ok:
             return None
         args = list(inputs)
         args[slots[0]] = None
         return _DirectCall(compiled, args, slots[0], spec)
+
+
+def _snapshot(env: Any) -> Any:
+    """``env.get_state()`` as an internal copy: it leaves recorded invalid actions for the user's next
+    sync point (`TorchVectorEnv.raise_pending`) instead of raising them in the middle of a compile."""
+    rule = env._action_rule
+    used, rule.used = rule.used, False
+    try:
+        return env.get_state()
+    finally:
+        rule.used = used
 
 
 def _probe_state(env: Any, state: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium as gym
@@ -39,6 +40,40 @@ def register_envs() -> None:
         )
 
 
+def resolve_colon_id(id: str) -> tuple[str | None, Any]:
+    """Read ``"module:name"`` the way it resolves: ``(env_id, None)`` or ``(None, creator)``.
+
+    ``module`` is imported first (importing it may register ids, as Gymnasium-Robotics' does). Then
+    ``name`` is a registered Gymnasium id -> ``(name, None)`` (Gymnasium's ``module:EnvId`` form), else an
+    attribute of the module -> ``(None, that class or callable)`` (an entry point). Neither: a
+    ``ValueError`` naming both readings.
+
+    >>> resolve_colon_id("envs.classic.cartpole:CartPoleEnv")[1].__name__
+    'CartPoleEnv'
+    """
+    module_name, name = id.split(":", 1)
+    if not module_name or not name:
+        raise ValueError(f"id: expected 'module:EnvId' or 'package.module:Class', got {id!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"id {id!r}: cannot import module {module_name!r} ({e})") from None
+    if name in gym.registry:
+        return name, None
+    creator: Any = module
+    try:
+        for part in name.split("."):
+            creator = getattr(creator, part)
+    except AttributeError:
+        raise ValueError(
+            f"id {id!r}: importing {module_name!r} registered no Gymnasium id {name!r} (the 'module:EnvId' "
+            f"form), and {module_name!r} has no attribute {name!r} (the 'package.module:Class' form)"
+        ) from None
+    if not callable(creator):
+        raise ValueError(f"id {id!r}: {name!r} in {module_name!r} is a {type(creator).__name__}, not a class")
+    return None, creator
+
+
 def make(
     id: str, num_envs: int = 1, *, device: torch.device | str = "cpu", **kwargs: Any
 ) -> TorchVectorEnv:
@@ -46,8 +81,10 @@ def make(
 
     Args:
         id: an `hrl_nested/...` id, any registered Gymnasium id (wrapped into the torch interface),
-            or an entry point ``"package.module:ClassName"`` naming a `TorchVectorEnv` subclass
-            (or a ``gym.Env`` subclass, wrapped).
+            Gymnasium's ``"module:EnvId"`` (imports ``module``, which registers ``EnvId``, as
+            ``gymnasium.make`` does), or an entry point ``"package.module:ClassName"`` naming a
+            `TorchVectorEnv` subclass (or a ``gym.Env`` subclass or factory, wrapped); see
+            `resolve_colon_id` for how the two colon forms are told apart.
         num_envs: batch size.
         device: torch device of every tensor in and out.
         **kwargs: passed to the environment's constructor (``max_episode_steps``, ``dtype``,
@@ -61,7 +98,9 @@ def make(
     if not isinstance(id, str):
         raise ValueError(f"id: expected a string (env id or 'package.module:ClassName'), got {id!r}")
     if ":" in id and "/" not in id.split(":")[0]:
-        creator = gym.envs.registration.load_env_creator(id)
+        env_id, creator = resolve_colon_id(id)
+        if env_id is not None:
+            return make(env_id, num_envs, device=device, **kwargs)
         if isinstance(creator, type) and issubclass(creator, TorchVectorEnv):
             return creator(num_envs=num_envs, device=device, **kwargs)
         from envs.adapter import GymnasiumVectorAdapter

@@ -53,6 +53,9 @@ class CorridorEnv(TorchVectorEnv):
 
     # Class-level metadata: the base class adds the instance's "autoreset_mode" to it.
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata}
+    # The task's "do nothing" action (NaN Box actions are replaced by it; see envs.actions). Both
+    # actions here move, so there is none; a Box task would give e.g. 0.0 (zero force).
+    neutral_action = None
 
     def __init__(
         self,
@@ -103,7 +106,9 @@ class CorridorEnv(TorchVectorEnv):
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """One step of every env: ``(new vars, reward (N,), terminated (N,) bool)``.
 
-        ``action`` is already checked for shape, dtype and device (and, with ``validate``, range).
+        ``action`` is already checked for shape, dtype and device, and is always a valid action: the
+        base class raises on invalid ones (``validate=True``) or replaces them by the nearest valid one
+        (``validate=False``: clamped into the space, NaN -> ``neutral_action``) before this hook.
         Return new tensors rather than writing into ``vars``: the base class copies them in place
         after deciding which envs to reset.
         """

@@ -39,7 +39,9 @@ def wrap(x: torch.Tensor, m: float, big_m: float) -> torch.Tensor:
 class AcrobotEnv(TorchVectorEnv):
     """Batched Acrobot-v1 (``hrl_nested/Acrobot-v1``).
 
-    Actions ``{0, 1, 2}`` apply torque ``{-1, 0, +1}`` at the joint between the links. Reset:
+    Actions ``{0, 1, 2}`` apply torque ``{-1, 0, +1}`` at the joint between the links; ``neutral_action``
+    is 1 (no torque). Out-of-range actions are invalid (Gymnasium's ``AVAIL_TORQUE[a]`` fails on them);
+    with ``validate=False`` they are clamped into ``{0, 1, 2}`` (see `envs.actions`). Reset:
     every state entry ``~ U(-0.1, 0.1)``, rounded to float32 as Gymnasium does. Truncated at
     ``max_episode_steps`` (500).
 
@@ -66,6 +68,7 @@ class AcrobotEnv(TorchVectorEnv):
     LINK_MOI = 1.0
     MAX_VEL_1 = 4 * math.pi
     MAX_VEL_2 = 9 * math.pi
+    neutral_action = 1  # zero torque
 
     def __init__(
         self,

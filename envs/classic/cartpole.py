@@ -22,6 +22,10 @@ class CartPoleEnv(TorchVectorEnv):
     Reward 1 every step (``sutton_barto_reward``: 0 per step, -1 on the failing step), terminated
     when ``|x| > 2.4`` or ``|theta| > 12 deg``, truncated at ``max_episode_steps`` (500).
 
+    Actions: 0 pushes left, 1 right; there is no "do nothing" (``neutral_action = None``). Gymnasium
+    asserts an action in ``{0, 1}``; with ``validate=False`` an out-of-range one is clamped into it
+    (see `envs.actions`).
+
     >>> env = CartPoleEnv(num_envs=8)
     >>> obs, info = env.reset(seed=0)
     >>> obs.shape
@@ -38,6 +42,7 @@ class CartPoleEnv(TorchVectorEnv):
     tau = 0.02
     theta_threshold_radians = 12 * 2 * math.pi / 360
     x_threshold = 2.4
+    neutral_action = None  # every action pushes
 
     def __init__(
         self,

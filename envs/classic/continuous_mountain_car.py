@@ -25,8 +25,10 @@ from envs.core import Draw, TorchVectorEnv
 class MountainCarContinuousEnv(TorchVectorEnv):
     """Batched MountainCarContinuous-v0 (``hrl_nested/MountainCarContinuous-v0``).
 
-    Actions outside ``[-1, 1]`` are clipped for the force (as Gymnasium does), but the action cost
-    uses the action as given. Reset: position ``~ U(-0.6, -0.4)``, velocity 0. Truncated at
+    Actions outside ``[-1, 1]`` are valid (``clip_actions``): clipped for the force (as Gymnasium
+    does), while the action cost uses the action as given. A NaN action is invalid, and with
+    ``validate=False`` it becomes ``neutral_action`` = 0 (no force), +-inf the bound (so the cost stays
+    finite; see `envs.actions`). Reset: position ``~ U(-0.6, -0.4)``, velocity 0. Truncated at
     ``max_episode_steps`` (999).
 
     Args:
@@ -49,6 +51,7 @@ class MountainCarContinuousEnv(TorchVectorEnv):
     goal_position = 0.45  # 0.5 in the discrete task
     power = 0.0015
     clip_actions = True
+    neutral_action = 0.0  # no force
 
     def __init__(
         self,

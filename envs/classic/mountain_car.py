@@ -21,6 +21,8 @@ from envs.core import Draw, TorchVectorEnv
 class MountainCarEnv(TorchVectorEnv):
     """Batched MountainCar-v0 (``hrl_nested/MountainCar-v0``).
 
+    Actions: 0 push left, 1 no push (``neutral_action``), 2 push right. Gymnasium asserts an action in
+    ``{0, 1, 2}``; with ``validate=False`` an out-of-range one is clamped into it (see `envs.actions`).
     Reset: position ``~ U(-0.6, -0.4)``, velocity 0. Truncated at ``max_episode_steps`` (200).
 
     Args:
@@ -40,6 +42,7 @@ class MountainCarEnv(TorchVectorEnv):
     goal_position = 0.5
     force = 0.001
     gravity = 0.0025
+    neutral_action = 1  # no push
 
     def __init__(
         self,

@@ -30,8 +30,9 @@ def angle_normalize(x: torch.Tensor) -> torch.Tensor:
 class PendulumEnv(TorchVectorEnv):
     """Batched Pendulum-v1 (``hrl_nested/Pendulum-v1``).
 
-    Torques outside ``[-2, 2]`` are clipped, as in Gymnasium. Reset: ``theta ~ U(-pi, pi)``,
-    ``theta_dot ~ U(-1, 1)``.
+    Torques outside ``[-2, 2]`` are valid and clipped, as in Gymnasium (``clip_actions``); a NaN torque
+    is invalid, and with ``validate=False`` it becomes ``neutral_action`` = 0 (no torque), +-inf the
+    bound (see `envs.actions`). Reset: ``theta ~ U(-pi, pi)``, ``theta_dot ~ U(-1, 1)``.
 
     Args:
         num_envs: batch size.
@@ -50,6 +51,7 @@ class PendulumEnv(TorchVectorEnv):
     m = 1.0
     l = 1.0
     clip_actions = True
+    neutral_action = 0.0  # no torque
 
     def __init__(
         self,

@@ -68,7 +68,9 @@ class FourRoomsEnv(GoalRewardMixin, TorchVectorEnv):
     Observation (a ``Dict``, Gymnasium-Robotics' goal-env convention): ``observation`` and
     ``achieved_goal`` are the agent's cell ``(row, col) / 12`` (in ``[0, 1]``), ``desired_goal`` the
     goal's cell, normalized the same way. Reward 1 on entering the goal cell, which terminates the
-    episode; 0 otherwise. Reaching ``max_episode_steps`` is truncation.
+    episode; 0 otherwise. Reaching ``max_episode_steps`` is truncation. Actions: 0 up, 1 right,
+    2 down, 3 left; every action moves (``neutral_action = None``). With ``validate=False`` an
+    out-of-range action is clamped into ``{0, ..., 3}`` (see `envs.actions`).
 
     ``env.state`` is the int64 ``(num_envs, 2)`` (row, col) of each agent; the goal cells are
     ``env.get_state().vars["goal"]``.
@@ -88,6 +90,7 @@ class FourRoomsEnv(GoalRewardMixin, TorchVectorEnv):
     """
 
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata}
+    neutral_action = None  # every action moves
 
     def __init__(
         self,
@@ -172,7 +175,7 @@ class FourRoomsEnv(GoalRewardMixin, TorchVectorEnv):
 
     def _transition(self, vars, action, draw):
         pos, goal = vars["state"], vars["goal"]
-        a = action.long().clamp(0, 3)  # with validate=False, keep table lookups in range
+        a = action.long()  # in range: the base class clamps invalid actions before the transition
         if self.slip_prob > 0:
             u = draw.uniform(2)
             other = (a + 1 + (u[:, 1] * 3).floor().long().clamp(max=2)) % 4

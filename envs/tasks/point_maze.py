@@ -98,6 +98,8 @@ class PointMazeEnv(GoalRewardMixin, TorchVectorEnv):
 
     Observation (a ``Dict``, Gymnasium-Robotics' goal-env convention): ``observation`` =
     ``(x, y, vx, vy)``, ``achieved_goal`` = ``(x, y)``, ``desired_goal`` = the goal ``(x, y)``.
+    Actions are accelerations in ``[-1, 1]^2``; with ``validate=False`` a NaN coordinate becomes
+    ``neutral_action`` = 0 (no acceleration) and out-of-bounds values are clamped (see `envs.actions`).
     Reward (``reward_type="sparse"``) 1 when ``||achieved_goal - desired_goal|| <= success_radius``,
     else 0, and the episode then terminates; ``"dense"`` gives ``exp(-distance)`` with the same
     termination. Reaching ``max_episode_steps`` is truncation.
@@ -129,6 +131,7 @@ class PointMazeEnv(GoalRewardMixin, TorchVectorEnv):
     """
 
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata}
+    neutral_action = 0.0  # no acceleration
 
     def __init__(
         self,
@@ -230,9 +233,9 @@ class PointMazeEnv(GoalRewardMixin, TorchVectorEnv):
     def _transition(self, vars, action, draw):
         h, w = self.maze.shape
         x, y, vx, vy = vars["state"].unbind(-1)
-        # With validate=False, out-of-range actions are clipped and NaN counts as 0 (rather than
-        # turning into an out-of-range table index).
-        a = torch.nan_to_num(action.clamp(-1.0, 1.0))
+        # ``action`` is finite and in [-1, 1]: the base class replaces invalid actions (NaN -> 0,
+        # out of bounds -> clamped) before the transition, so no NaN reaches a table index.
+        a = action
         dv = self.max_accel * self.dt
         vx = (vx + dv * a[:, 0]).clamp(-self.max_speed, self.max_speed)
         vy = (vy + dv * a[:, 1]).clamp(-self.max_speed, self.max_speed)
