@@ -70,16 +70,24 @@ class Categorical:
 class DiagGaussian:
     """Diagonal Gaussian over the last dim, optionally bounded to ``[low, high]``.
 
-    ``squash`` chooses how a bounded Box action space is met:
+    One rule for every ``squash``: the distribution's *action* is the Gaussian draw
+    ``u ~ N(mean, exp(log_std)^2)``. ``sample()``, ``sample_and_log_prob()`` and ``mode()`` return it,
+    a rollout stores it, ``log_prob`` scores it, and the env receives ``env_action(u)``. So the
+    rollout's log-prob and the learner's recomputed one are the same function of the same stored
+    tensor: at zero policy change the PPO ratio is 1 to rounding, however saturated the squash (Brax's
+    PPO does the same: it stores the raw action and post-processes it for the env).
 
-    - ``None``: the plain Gaussian ``u ~ N(mean, exp(log_std)^2)``.
-    - ``"tanh"``: ``a = loc + scale * tanh(u)`` with ``loc = (high + low) / 2``, ``scale = (high - low) / 2``
-      (``[-1, 1]`` when no bounds are given). ``log_prob`` includes the change-of-variables correction
-      ``log p(a) = log N(u) - sum log(scale * (1 - tanh(u)^2))`` (Haarnoja et al. 2018, SAC, appendix C).
-      ``entropy()`` is the entropy of the pre-squash Gaussian (the squashed one has no closed form).
-    - ``"clip"``: as SB3 and CleanRL do, ``sample()``/``mode()`` return the *unclipped* Gaussian action,
-      which is what is stored and scored by ``log_prob``; the env receives ``env_action(a)``, the
-      action clipped to ``[low, high]`` (the rollout does this for Box action spaces).
+    - ``None``: ``env_action(u) = u``; ``log_prob(u) = log N(u)``.
+    - ``"tanh"``: ``env_action(u) = loc + scale * tanh(u)`` with ``loc = (high + low) / 2``,
+      ``scale = (high - low) / 2`` (``[-1, 1]`` when no bounds are given). ``log_prob(u)`` is the log
+      density of the env action ``a = env_action(u)``, by the change of variables
+      ``log p(a) = log N(u) - sum log(scale * (1 - tanh(u)^2))`` (Haarnoja et al. 2018, SAC,
+      appendix C), computed from ``u`` itself: no ``atanh`` of a rounded, saturated ``a`` (in float32
+      ``tanh(u)`` is 1 for ``u > 9``, so ``a`` does not determine ``u``). `unsquash` is that
+      inverse, for an ``a`` from elsewhere. ``entropy()`` is the entropy of the pre-squash Gaussian
+      (the squashed one has no closed form).
+    - ``"clip"``: as SB3 and CleanRL do, ``env_action(u)`` clips ``u`` to ``[low, high]``;
+      ``log_prob(u) = log N(u)`` (the clipped action has no density).
 
     Args:
         mean: ``(..., d)`` means.
@@ -90,6 +98,10 @@ class DiagGaussian:
     >>> d = DiagGaussian(torch.zeros(1, 2), torch.zeros(2))
     >>> round(d.log_prob(torch.zeros(1, 2)).item(), 4)  # -log(2 pi)
     -1.8379
+    >>> t = DiagGaussian(torch.full((1, 1), 5.0), torch.zeros(1), squash="tanh", low=-2.0, high=2.0)
+    >>> u, logp = t.sample_and_log_prob()
+    >>> bool(torch.equal(t.log_prob(u), logp)), bool(t.env_action(u).abs().max() <= 2.0)
+    (True, True)
     """
 
     def __init__(
@@ -144,44 +156,59 @@ class DiagGaussian:
     def sample_and_log_prob(
         self, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A reparameterized sample and its log-prob, from the pre-squash draw (exact, no ``atanh``)."""
+        """A reparameterized draw ``u = mean + std * eps`` and ``log_prob(u)`` (the same function)."""
         eps = torch.randn(
             self.mean.shape, dtype=self.mean.dtype, device=self.mean.device, generator=generator
         )
         u = self.mean + self.std * eps
-        logp = self._gaussian_log_prob(u)
-        if self.squash == "tanh":
-            logp = logp - self._log_det(u)
-        return self._squash(u), logp
+        return u, self.log_prob(u)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A reparameterized sample ``(..., d)`` (squashed for ``"tanh"``, unclipped for ``"clip"``)."""
+        """A reparameterized draw ``u``, ``(..., d)``: the pre-squash / unclipped action (see the class)."""
         return self.sample_and_log_prob(generator)[0]
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
-        """``log p(action)``, shape ``(...)``; for ``"tanh"`` the action is un-squashed by a clamped atanh."""
+        """``log p(action)``, shape ``(...)``, for an action ``u`` as `sample` returns it.
+
+        For ``"tanh"`` this is the log density of the env action ``env_action(u)``:
+        ``log N(u) - sum log(scale * (1 - tanh(u)^2))``, exact for any ``u``.
+        """
         if tuple(action.shape) != tuple(self.mean.shape):
             raise ValueError(f"action: expected shape {tuple(self.mean.shape)}, got {tuple(action.shape)}")
-        if self.squash != "tanh":
-            return self._gaussian_log_prob(action)
-        loc, scale = self._bounds()
-        eps = 1e-12 if action.dtype == torch.float64 else 1e-6
-        u = torch.atanh(((action - loc) / scale).clamp(-1.0 + eps, 1.0 - eps))
-        return self._gaussian_log_prob(u) - self._log_det(u)
+        logp = self._gaussian_log_prob(action)
+        if self.squash == "tanh":
+            logp = logp - self._log_det(action)
+        return logp
 
     def entropy(self) -> torch.Tensor:
         """Entropy of the (pre-squash) Gaussian, ``sum(log_std + 0.5 log(2 pi e))``, shape ``(...)``."""
         return (self.log_std + 0.5 * (_LOG_2PI + 1.0)).sum(-1)
 
     def mode(self) -> torch.Tensor:
-        """The mean (squashed for ``"tanh"``, unclipped for ``"clip"``)."""
-        return self._squash(self.mean)
+        """The most likely draw, ``mean`` (pass it through `env_action` for the env)."""
+        return self.mean
 
     def env_action(self, action: torch.Tensor) -> torch.Tensor:
-        """The action the env receives: clipped to ``[low, high]`` for ``"clip"``, else unchanged."""
+        """The action the env receives for ``action`` (a draw ``u``): ``loc + scale * tanh(u)`` for
+        ``"tanh"``, ``u`` clipped to ``[low, high]`` for ``"clip"``, ``u`` itself otherwise."""
         if self.squash == "clip":
             return torch.maximum(torch.minimum(action, self.high), self.low)
-        return action
+        return self._squash(action)
+
+    def unsquash(self, env_action: torch.Tensor) -> torch.Tensor:
+        """The draw ``u`` with ``env_action(u) = env_action``: ``atanh((a - loc) / scale)`` for ``"tanh"``.
+
+        Only for an env action that comes from elsewhere (a demonstration, a replay buffer): the
+        rounding of ``a`` near the bounds is amplified by ``atanh``, and ``a`` on a bound maps to
+        ``+-inf``. Rollouts keep ``u`` and never need this. Identity for ``None``; for ``"clip"``
+        there is no inverse and this raises.
+        """
+        if self.squash == "clip":
+            raise ValueError("unsquash: squash='clip' has no inverse (clipping loses the draw)")
+        if self.squash != "tanh":
+            return env_action
+        loc, scale = self._bounds()
+        return torch.atanh((env_action - loc) / scale)
 
 
 Distribution = Categorical | DiagGaussian

@@ -28,37 +28,86 @@ Obs = torch.Tensor | dict[str, torch.Tensor]
 
 
 class FastTanh(nn.Tanh):
-    """``tanh``, computed on CPU as ``2 sigmoid(2x) - 1`` (the same function to float rounding).
+    """``torch.tanh``, one formula on every device and at every size.
 
-    ATen's CPU ``tanh`` kernel is about 3x slower than its ``sigmoid``, eager and under
-    ``torch.compile`` alike, and the hidden activations dominate a small MLP's cost on CPU. On other
-    devices it is ``torch.tanh``. The branch is on the device, never on data.
+    Kept as its own class (a subclass of ``nn.Tanh``) so that saved modules load and `actor_critic_apply`
+    recognises it. It used to switch to ``2 sigmoid(2x) - 1`` on CPU above 4096 elements, which made a
+    network's output for one row depend on the batch size; with torch 2.13's vectorized CPU ``tanh``
+    that form is not faster anyway (2 threads, min of repeats: ``(128, 64)`` forward 4 us vs 19 us,
+    ``(1024, 64)`` 23 us vs 73 us).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fast_tanh(x)
 
 
-# Below this many elements ATen's CPU ``tanh`` wins: the sigmoid form's three extra ops cost more
-# than ``tanh``'s slower kernel (measured: (20, 64) tanh 4.4 us vs 11 us; (128, 64) 22 us vs 15 us).
-_SIGMOID_TANH_MIN_NUMEL = 4096
-
-
 def fast_tanh(x: torch.Tensor) -> torch.Tensor:
-    """`FastTanh` as a function: ``2 sigmoid(2x) - 1`` on CPU for large tensors, else ``torch.tanh``.
+    """`FastTanh` as a function: ``torch.tanh(x)`` (elementwise, so a row's value never depends on the batch).
 
-    The choice depends only on the device and the (static) shape, never on data.
+    >>> bool(torch.equal(fast_tanh(torch.zeros(3)), torch.zeros(3)))
+    True
     """
-    if x.device.type == "cpu" and x.numel() >= _SIGMOID_TANH_MIN_NUMEL:
-        return 2.0 * torch.sigmoid(2.0 * x) - 1.0
     return torch.tanh(x)
+
+
+# MKL's CPU sgemm picks kernels by the number of rows M (gemv for M = 1, small-M paths below 16, an
+# M-dependent blocking when there is one output column), and they round differently: the same row gave
+# different bits at batch 1, 2, 20 or 4095 than at 4096. With M a multiple of 16 (measured up to 6016,
+# 1 and 2 threads, in and out dims 1 to 256) every row comes out bit-identical and independent of its
+# position. So on CPU an MLP's input rows are zero-padded to a multiple of 16 once, at its input (its
+# layers act row by row), and the padding rows dropped at its output. Typical batches (128 envs,
+# minibatches of 1024) need no padding; a 20-env evaluation pays one small copy per call.
+_ROW_MULTIPLE = 16
+
+
+def _padded_rows(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """``(rows, m)``: ``x`` as ``(M', d)`` rows zero-padded to a multiple of 16, and the true ``M``; or
+    None when nothing is to be padded (not on CPU, or ``M`` already a multiple)."""
+    if x.device.type != "cpu" or x.dim() == 0:
+        return None
+    rows = x.reshape(-1, x.shape[-1])
+    m = rows.shape[0]
+    pad = -m % _ROW_MULTIPLE
+    if pad == 0:
+        return None
+    return nn.functional.pad(rows, (0, 0, 0, pad)), m
+
+
+def _row_invariant(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` for a row-wise ``fn`` (an MLP), computed on rows padded by `_padded_rows`."""
+    padded = _padded_rows(x)
+    if padded is None:
+        return fn(x)
+    rows, m = padded
+    out = fn(rows)[:m]
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def batch_invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias) = x W^T + b`` whose value for a row does not depend on the batch size.
+
+    On CPU the leading dims are flattened to M rows and zero-padded to a multiple of 16 rows before
+    the matrix product (MKL's kernel choice, and so its rounding, depends on M); the padding rows are
+    dropped. Same values and gradients as ``F.linear`` up to float rounding. On other devices this is
+    ``F.linear``: cuBLAS also picks kernels by shape, and padding does not make that go away, so a
+    row's bits may still depend on the batch size there.
+
+    >>> w, b = torch.randn(3, 4), torch.randn(3)
+    >>> x = torch.randn(20, 4)
+    >>> bool(torch.equal(batch_invariant_linear(x[:1], w, b), batch_invariant_linear(x, w, b)[:1]))
+    True
+    """
+    return _row_invariant(lambda t: nn.functional.linear(t, weight, bias), x)
 
 
 class MLP(nn.Sequential):
     """A multilayer perceptron with orthogonal init (gain ``sqrt(2)`` hidden, ``out_gain`` output, zero bias).
 
     The init is CleanRL's ``layer_init`` (Huang et al. 2022, "The 37 implementation details of PPO").
-    ``nn.Tanh`` layers are built as `FastTanh` (a subclass: the same function, faster on CPU).
+    ``nn.Tanh`` layers are built as `FastTanh` (a subclass: the same function). Within one execution
+    path a row's output is bit-identical whatever the batch size: on CPU the input rows are padded to a
+    multiple of 16 for the matrix products (see `batch_invariant_linear`); ``activation`` must act row
+    by row (any elementwise one does).
 
     >>> MLP(4, 2)(torch.zeros(3, 4)).shape
     torch.Size([3, 2])
@@ -79,6 +128,9 @@ class MLP(nn.Sequential):
             layers += [_init(nn.Linear(a, b), math.sqrt(2.0)), act()]
         layers.append(_init(nn.Linear(dims[-1], int(out_dim)), out_gain))
         super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _row_invariant(super().forward, x)
 
 
 def _init(layer: nn.Linear, gain: float) -> nn.Linear:
@@ -283,11 +335,17 @@ def actor_critic_apply(
         out, value = functional_call(module, dict(params), (obs,))
         return out, (value if critic else None)
     x = module.encode(obs)
-    out = _run_plan(plans[0], params, x)
+    padded = _padded_rows(x)  # as `MLP.forward` pads, once for both MLPs: the same rows, the same bits
+    rows = x if padded is None else padded[0]
+    out = _run_plan(plans[0], params, rows)
+    value = _run_plan(plans[1], params, rows) if critic else None
+    if padded is not None:
+        lead, m = x.shape[:-1], padded[1]
+        out = out[:m].reshape(*lead, out.shape[-1])
+        value = None if value is None else value[:m].reshape(*lead, value.shape[-1])
     if module.log_std is not None:
         out = torch.cat([out, params["log_std"].expand_as(out)], -1)
-    value = _run_plan(plans[1], params, x).squeeze(-1) if critic else None
-    return out, value
+    return out, (value.squeeze(-1) if critic else None)
 
 
 def params_of(module: nn.Module) -> dict[str, torch.Tensor]:

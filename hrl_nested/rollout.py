@@ -9,7 +9,9 @@ A captured graph remembers tensor addresses. So the collector owns *static* inpu
 parameters, the observation and the policy carry); every call copies its arguments into them with
 ``copy_`` before the replay and never replaces them, so a replay cannot run stale weights. The env's
 own tensors are its static state (its steps and ``set_state`` write in place); warm-up steps are
-undone with ``env.get_state()`` / ``env.set_state()`` before the capture.
+undone with ``env.get_state()`` / ``env.set_state()`` before the capture (`Collector._warm_up`, which
+the CPU ``"static"`` mode runs too). Streams, the graph and the RNG state are those of the env's device,
+whatever the current device is.
 
 A policy step is ``policy_fn(params, obs, carry) -> PolicyOutput``; the *carry* is any per-env pytree
 the policy threads through time (a manager's goal, chosen subpolicy, steps left in its segment...).
@@ -39,17 +41,22 @@ class PolicyOutput(NamedTuple):
     """One policy step for N envs.
 
     Attributes:
-        action: ``(N, ...)`` the action as stored in the batch (for a ``"clip"`` Gaussian, unclipped).
+        action: ``(N, ...)`` the action as stored in the batch and scored by ``logprob``: for a
+            Gaussian policy the draw ``u`` itself (before a tanh squash or a clip, see
+            `hrl_nested.distributions.DiagGaussian`), so the learner recomputes the same log-prob.
         logprob: ``(N,)`` ``log pi(action | obs, carry)``.
         value: ``(N,)`` ``V(obs)``.
         carry: the per-env carry the action was chosen with and that the next step receives: a
             pytree of ``(N, ...)`` tensors, or None.
+        env_action: ``(N, ...)`` what the env receives (``dist.env_action(action)``), or None for
+            ``action`` itself. Either way a Box action is then clipped to the space's bounds.
     """
 
     action: torch.Tensor
     logprob: torch.Tensor
     value: torch.Tensor
     carry: Any
+    env_action: torch.Tensor | None = None
 
 
 class RolloutResult(NamedTuple):
@@ -78,7 +85,8 @@ PolicyFn = Callable[[dict[str, torch.Tensor], Obs, Any], PolicyOutput]
 def actor_critic_policy(module: nn.Module) -> PolicyFn:
     """A stochastic policy step for an `hrl_nested.networks.ActorCritic`, driven by a parameter dict.
 
-    The carry passes through unchanged.
+    The carry passes through unchanged. A Gaussian policy stores its draw ``u`` with the exact
+    ``log_prob(u)``, and the env receives ``dist.env_action(u)`` (squashed or clipped into the box).
 
     >>> import gymnasium as gym
     >>> from hrl_nested.networks import ActorCritic, params_of
@@ -93,10 +101,9 @@ def actor_critic_policy(module: nn.Module) -> PolicyFn:
         dist = module.distribution(dist_params)
         if isinstance(dist, DiagGaussian):
             action, logprob = dist.sample_and_log_prob()
-        else:
-            action = dist.sample()
-            logprob = dist.log_prob(action)
-        return PolicyOutput(action, logprob, value, carry)
+            return PolicyOutput(action, logprob, value, carry, dist.env_action(action))
+        action = dist.sample()
+        return PolicyOutput(action, dist.log_prob(action), value, carry)
 
     return policy_fn
 
@@ -142,7 +149,20 @@ class Collector:
     ):
         self.env, self.policy_fn, self.num_steps, self.reset_carry = env, policy_fn, num_steps, reset_carry
         dev = torch.device(env.device)
-        self.mode = capture if capture != "auto" else ("cuda_graph" if dev.type == "cuda" else "none")
+        if dev.type == "cuda" and dev.index is None:  # pin "cuda" to the device it means now
+            dev = torch.device("cuda", torch.cuda.current_device())
+        self.device = dev  # every stream, graph and RNG call below is scoped to it, not the current device
+        # A capture rewinds its warm-up with get_state/set_state; an env whose state lives in a simulator
+        # (a wrapped Gymnasium env, supports_state=False) has neither, so "auto" runs it eagerly.
+        can_rewind = getattr(env, "supports_state", True)
+        self.mode = (
+            capture if capture != "auto" else ("cuda_graph" if dev.type == "cuda" and can_rewind else "none")
+        )
+        if self.mode in ("cuda_graph", "static") and not can_rewind:
+            raise ValueError(
+                f"capture={self.mode!r}: expected an env with get_state/set_state, got "
+                f"{type(env).__name__} (its state lives in a simulator); use capture='none' or 'auto'"
+            )
         if self.mode == "cuda_graph":
             if dev.type != "cuda":
                 raise ValueError(f"capture='cuda_graph': expected an env on a CUDA device, got {dev}")
@@ -166,6 +186,7 @@ class Collector:
                 torch.as_tensor(space.high, dtype=dt, device=dev),
             )
         self._static: tuple[dict[str, torch.Tensor], Obs, Any] | None = None
+        self._warmed_up = False
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_out: Any = None
         self._step_fn = torch.compile(self._step, dynamic=False) if compile_step else self._step
@@ -190,11 +211,14 @@ class Collector:
             _copy_tree(s_obs, obs, "obs")
             _copy_tree(s_carry, carry, "carry")
             if self.mode == "static":
+                if not self._warmed_up:  # as before a capture: the warm-up must leave no trace
+                    self._warm_up()
                 out = self._run(s_params, s_obs, s_carry)
             else:
                 if self._graph is None:
                     self._capture()
-                self._graph.replay()
+                with torch.cuda.device(self.device):
+                    self._graph.replay()
                 out = self._graph_out
             return tree_map(lambda t: t.clone(), out)
 
@@ -213,30 +237,62 @@ class Collector:
             _copy_tree(self._ep_len, state["episode_length"].to(self._ep_len.device), "episode_length")
 
     # ------------------------------------------------------------------ internals
-    def _capture(self) -> None:
-        """Warm up on a side stream, undo the warm-up's effects, then capture the T-step loop once."""
-        s_params, s_obs, s_carry = self._static
-        env_state, acc = self.env.get_state(), self.state_dict()
-        rng_cpu, rng_cuda = torch.get_rng_state(), torch.cuda.get_rng_state()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._run(s_params, s_obs, s_carry)
-        torch.cuda.current_stream().wait_stream(stream)
-        # The warm-up leaves no trace: env, episode accumulators and the policy's RNG stream rewind.
+    def _snapshot(self) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Everything a rollout advances: env state, episode accumulators, CPU and env-device RNG."""
+        rng_dev = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return self.env.get_state(), self.state_dict(), torch.get_rng_state(), rng_dev
+
+    def _rewind(self, snapshot: tuple[Any, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]):
+        """Restore a `_snapshot` in place (addresses stay stable for the graph)."""
+        env_state, acc, rng_cpu, rng_dev = snapshot
         self.env.set_state(env_state)
         self.load_state_dict(acc)
         torch.set_rng_state(rng_cpu)
-        torch.cuda.set_rng_state(rng_cuda)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # records only: env and accumulators are not advanced
-            self._graph_out = self._run(s_params, s_obs, s_carry)
+        if rng_dev is not None:
+            torch.cuda.set_rng_state(rng_dev, self.device)
+
+    def _warm_up(self) -> None:
+        """Run the T-step loop once from the static buffers, then rewind everything it advanced.
+
+        A capture needs one run first (allocations, lazy initialisation and ``torch.compile`` happen
+        outside the graph). Its effects are undone: env state (physics, counters, RNG counters),
+        episode accumulators and the CPU and env-device torch RNG are snapshotted before and restored
+        after, so the next rollout is exactly the one a fresh collector would produce. On CUDA it runs
+        on a side stream of the env's device (``torch.cuda.graphs`` asks for a side-stream warm-up).
+        The ``"static"`` mode runs it too, so this logic is exercised on CPU.
+        """
+        s_params, s_obs, s_carry = self._static
+        snapshot = self._snapshot()
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                current = torch.cuda.current_stream(self.device)
+                stream = torch.cuda.Stream(device=self.device)
+                stream.wait_stream(current)
+                with torch.cuda.stream(stream):
+                    self._run(s_params, s_obs, s_carry)
+                current.wait_stream(stream)
+        else:
+            self._run(s_params, s_obs, s_carry)
+        self._rewind(snapshot)
+        self._warmed_up = True
+
+    def _capture(self) -> None:
+        """`_warm_up`, then capture the T-step loop once, on the env's device (not the current one)."""
+        self._warm_up()
+        s_params, s_obs, s_carry = self._static
+        with torch.cuda.device(self.device):
+            graph = torch.cuda.CUDAGraph()
+            # An explicit stream: torch.cuda.graph's default capture stream is one per process, made on
+            # whichever device was current at the first capture.
+            stream = torch.cuda.Stream(device=self.device)
+            with torch.cuda.graph(graph, stream=stream):  # records only: env, accumulators not advanced
+                self._graph_out = self._run(s_params, s_obs, s_carry)
         self._graph = graph
 
     def _step(self, params, obs, carry, ep_ret, ep_len):
         """One (policy, env) step with the episode bookkeeping; all masks, no branches on data."""
         out = self.policy_fn(params, obs, carry)
-        action = out.action
+        action = out.action if out.env_action is None else out.env_action
         if self._bounds is not None:  # the env gets the clipped action, the batch keeps the policy's
             action = torch.maximum(torch.minimum(action, self._bounds[1]), self._bounds[0])
         next_obs, r_t, term_t, trunc_t, info = self.env.step(action)
@@ -291,17 +347,21 @@ def make_rollout(
 ) -> Collector:
     """Build ``collect(params, obs, carry) -> RolloutResult`` running ``num_steps`` fused steps.
 
-    Box actions are clipped to the action space's bounds before ``env.step`` (the batch keeps the
-    policy's own action, as SB3 does), so a ``"clip"`` Gaussian policy needs nothing more.
+    The env receives ``PolicyOutput.env_action`` when the policy gives one (a tanh-squashed Gaussian's
+    ``loc + scale * tanh(u)``), else the action; a Box action is then clipped to the space's bounds
+    before ``env.step``. The batch keeps the policy's own action (the draw ``u``, as SB3 keeps the
+    unclipped action), so the learner scores exactly what the rollout scored.
 
     Args:
         env: a `envs.TorchVectorEnv` with SAME_STEP autoreset
             (``envs.make(..., autoreset_mode="same_step")``); for CUDA-graph capture also ``validate=False``.
         policy_fn: ``policy_fn(params, obs, carry) -> PolicyOutput``, e.g. `actor_critic_policy`.
         num_steps: T.
-        capture: ``"auto"`` (``"cuda_graph"`` on CUDA, ``"none"`` on CPU); ``"none"`` (eager);
+        capture: ``"auto"`` (``"cuda_graph"`` on CUDA, ``"none"`` on CPU or for an env with
+            ``supports_state = False``, such as a wrapped Gymnasium env); ``"none"`` (eager);
             ``"cuda_graph"`` (captured once, replayed; inputs copied into static buffers);
-            ``"static"`` (the static-buffer path without a graph: the capture logic, testable on CPU).
+            ``"static"`` (the static-buffer path without a graph: the capture logic, with its
+            warm-up-and-rewind on the first call, testable on CPU).
         reset_carry: optional ``reset_carry(carry, done) -> carry`` applied after each env step with the
             ``(N,)`` episode-end mask (e.g. end a manager's segment when its episode ends).
         compile_step: run each (policy, env, bookkeeping) step through ``torch.compile`` (fuses the
