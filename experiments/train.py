@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
-from hrl_nested.algos import ALGORITHMS, Task, get_algorithm
+from hrl_nested.algos import ALGORITHMS, ConfigError, Task, check, finite_float, get_algorithm, positive_int
 from hrl_nested.tracking import CheckpointError, Run, RunDirError, default_run_dir
 
 
@@ -81,40 +81,134 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+class ResumeMismatchError(RunDirError):
+    """``--resume`` with a flag that would change what the checkpoint's state is shaped for."""
+
+
 def parse_config(argv: list[str] | None = None) -> Any:
-    """The config from the command line; with ``--resume DIR``, DIR/config.json overridden by the flags."""
+    """The config from the command line; with ``--resume DIR``, DIR/config.json overridden by the flags.
+
+    Raises:
+        ConfigError: a value out of range (`validate_config`).
+        RunDirError: ``--resume`` names no run directory, or disagrees with ``--run-dir``.
+        ResumeMismatchError: a resumed run changes a state-shaping field (`check_resume`).
+    """
     argv = sys.argv[1:] if argv is None else argv
     cfg = tyro.cli(TrainConfig, args=argv)
     if cfg.resume is None:
+        validate_config(cfg)
         return cfg
     saved_path = Path(cfg.resume) / "config.json"
     if not saved_path.is_file():
         raise RunDirError(f"--resume {cfg.resume}: no config.json there (is it a run directory?)")
-    saved = _from_dict(TrainConfig, json.loads(saved_path.read_text()))
+    try:
+        saved = _from_dict(TrainConfig, json.loads(saved_path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise RunDirError(f"--resume {cfg.resume}: config.json is not a run config ({e})") from None
     cfg = tyro.cli(TrainConfig, args=argv, default=saved)
-    for name in ("algo", "env", "num_envs"):
-        if getattr(cfg, name) != getattr(saved, name):
-            raise RunDirError(
-                f"--resume: --{name.replace('_', '-')} {getattr(cfg, name)} differs from the run's "
-                f"{getattr(saved, name)}; a run continues with the same {name}"
-            )
+    check_resume(saved, cfg)
     if cfg.run_dir is not None and Path(cfg.run_dir).resolve() != Path(cfg.resume).resolve():
         if saved.run_dir is None or Path(saved.run_dir).resolve() != Path(cfg.run_dir).resolve():
             raise RunDirError(
                 f"--resume {cfg.resume} and --run-dir {cfg.run_dir} disagree; give only --resume"
             )
-    return dataclasses.replace(cfg, run_dir=cfg.resume)
+    cfg = dataclasses.replace(cfg, run_dir=cfg.resume)
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: Any) -> None:
+    """Check every value before anything is written: the shared `Task` fields, the script's own, and the
+    chosen algorithm's config (including its cross-field checks against the task).
+
+    Raises:
+        ConfigError: naming the flag as typed (``--ppo.num-minibatches``), what was expected and what came.
+    """
+    _task_of(cfg).validate()
+    positive_int(cfg.threads, "threads", minimum=0)
+    finite_float(cfg.checkpoint_every_s, "checkpoint_every_s", low=0.0)
+    if cfg.resume is None and cfg.run_dir is not None:
+        check(cfg.run_dir.strip() != "", "run_dir", "a directory path", repr(cfg.run_dir))
+    algo_cfg = getattr(cfg, _field_name(cfg.algo))
+    validate = getattr(algo_cfg, "validate", None)
+    if validate is None:
+        return
+    try:
+        validate(_task_of(cfg))
+    except ConfigError as e:  # an algorithm's own fields live under --<algo>. (as typed: --nested-hrl.)
+        if e.section or e.field in {f.name for f in dataclasses.fields(Task)}:
+            raise
+        raise ConfigError(e.field, e.expected, e.got, section=cfg.algo, note=e.note) from None
+
+
+def check_resume(saved: Any, cfg: Any) -> None:
+    """Reject a resumed config that changes the algorithm, or a field that shapes the saved state.
+
+    The shared state-shaping fields are `Task.state_shaping_fields` (env, num_envs); each algorithm's
+    ``Config.state_shaping_fields`` adds its own (for PPO: num_steps, hidden, norm_obs). A change to any
+    of them would either not load or silently misread the checkpoint (a different batch shape makes the
+    iteration count disagree with the saved ``env_steps``).
+
+    Raises:
+        ResumeMismatchError: naming the flag, the run's value and the one given.
+    """
+    if cfg.algo != saved.algo:
+        raise ResumeMismatchError(
+            f"--resume: --algo {cfg.algo} differs from the run's {saved.algo}; a run continues with the "
+            "same algorithm"
+        )
+    section = _field_name(cfg.algo)
+    pairs = [(name, "", saved, cfg) for name in Task.state_shaping_fields]
+    algo_saved, algo_new = getattr(saved, section), getattr(cfg, section)
+    shaping = getattr(type(algo_new), "state_shaping_fields", ())
+    pairs += [(name, cfg.algo, algo_saved, algo_new) for name in shaping]
+    for name, sec, old, new in pairs:
+        a, b = _get(old, name), _get(new, name)
+        if a != b:
+            flag = f"--{sec + '.' if sec else ''}{name.replace('_', '-')}"
+            raise ResumeMismatchError(
+                f"--resume: {flag} {_show(b)} differs from the run's {_show(a)}; it shapes the saved state "
+                f"(network, batch or normalization), so a run continues with the same {flag}. Start a new "
+                "run (--run-dir) to change it"
+            )
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    """``obj.a.b`` for ``"a.b"`` (a state-shaping field may sit in a nested config)."""
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _show(value: Any) -> str:
+    """A value as it is typed on the command line (``--ppo.hidden 64 64``)."""
+    return " ".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
+def _task_of(cfg: Any) -> Task:
+    return Task(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(Task)})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse, train, and return the run's summary."""
+    """Parse, train, and return the run's summary.
+
+    A bad flag, an unusable run directory or a checkpoint that does not fit this run prints
+    ``error: ...`` to stderr and exits with code 2 (``SystemExit(2)``), with the run directory unchanged.
+    """
+    try:
+        return _main(argv)
+    except (ConfigError, RunDirError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _main(argv: list[str] | None) -> dict[str, Any]:
     cfg = parse_config(argv)
     algo = get_algorithm(cfg.algo)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if cfg.run_dir is None:
         cfg = dataclasses.replace(cfg, run_dir=str(default_run_dir(cfg.algo, cfg.env, cfg.seed)))
-    task = Task(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(Task)})
     with Run(
         cfg.run_dir,
         config={k: v for k, v in dataclasses.asdict(cfg).items()},
@@ -127,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         wandb_project=cfg.wandb_project,
         checkpoint_every_s=cfg.checkpoint_every_s,
     ) as run:
-        summary = algo.train(task, getattr(cfg, _field_name(cfg.algo)), run)
+        summary = algo.train(_task_of(cfg), getattr(cfg, _field_name(cfg.algo)), run)
     shown = {
         k: summary[k]
         for k in ("env_steps", "wall_s", "eval_return_mean", "eval_success_rate")
@@ -142,8 +236,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (RunDirError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    main()

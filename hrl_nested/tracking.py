@@ -3,13 +3,15 @@
 A `Run` owns everything an algorithm's loop should not have to think about::
 
     run_dir/
-      config.json      the full config, written before training starts
+      config.json      the full config, written when training starts (after a resumed checkpoint loaded)
       metrics.jsonl    one JSON object per iteration, always with ``env_steps`` and ``wall_s``
       summary.json     final numbers (``algo``, ``env``, ``seed``, ``env_steps``, ``wall_s``, eval results)
       checkpoint.pt    the last checkpoint, replaced atomically (tmp file + rename)
       wandb/           W&B's own files (offline runs can be uploaded later with ``wandb sync``)
 
-The loop calls ``run.log(row)`` once per iteration, ``run.save_checkpoint(state)`` when
+The loop calls ``run.start()`` once its setup is done (on resume: once ``run.resume_state`` is loaded;
+until then the run directory is untouched, so a failed start changes nothing), ``run.log(row)`` once
+per iteration, ``run.save_checkpoint(state)`` when
 ``run.checkpoint_due()`` and at the end, and ``run.finish(summary)``. Logging never stops training:
 any W&B error is reported once and W&B is switched off, while the local files stay complete.
 """
@@ -24,7 +26,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,14 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool) -> Path:
         RunDirError: a fresh run would write into a non-empty directory (never overwrite a run), or
             a resumed directory does not exist.
     """
+    path = check_run_dir(run_dir, resume=resume)
+    if not resume:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_run_dir(run_dir: str | Path, *, resume: bool) -> Path:
+    """`prepare_run_dir`'s checks without creating anything (a run checks first, writes later)."""
     path = Path(run_dir)
     if resume:
         if not path.is_dir():
@@ -71,7 +81,6 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool) -> Path:
             f"run dir {path} already exists and is not empty; pass --resume {path} to continue that run, "
             "or choose another --run-dir"
         )
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -152,15 +161,30 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip / pickle / EOF errors all mean the same thing to the user
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
+        # Only the first line of torch's message: the rest advises weights_only=False, i.e. running
+        # arbitrary pickled code from the file, which a corrupt or foreign checkpoint must never get.
+        lines = [ln for ln in str(e).strip().splitlines() if "weights_only" not in ln]
+        reason = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable ({reason}); resume from an intact copy or start a "
+            "new run"
+        ) from None
     if not isinstance(state, dict) or state.get("format_version") != _CHECKPOINT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} is not an hrl_nested checkpoint (version {_CHECKPOINT_VERSION})"
         )
-    missing = [k for k in ("env_steps", "iteration") if k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}")
+    require_keys(state, ("env_steps", "iteration"), path)
     return state
+
+
+def require_keys(state: Mapping[str, Any], keys: Sequence[str], path: str | Path | None) -> None:
+    """Raise `CheckpointError` naming the first of ``keys`` missing from a checkpoint and its file."""
+    for key in keys:
+        if key not in state:
+            raise CheckpointError(
+                f"checkpoint {path} has no {key!r} entry (it holds {sorted(state)}); it was written by "
+                "another version or algorithm, or edited"
+            )
 
 
 def rng_state() -> dict[str, Any]:
@@ -325,8 +349,8 @@ class Run:
         config: the full config, written to ``config.json`` and logged to W&B.
         algo, env, seed: copied into ``summary.json``.
         total_steps: the progress bar's length.
-        resume: continue the run in ``run_dir``: load its last checkpoint (``resume_state``) and cut
-            ``metrics.jsonl`` back to that checkpoint's ``env_steps``.
+        resume: continue the run in ``run_dir``: load its last checkpoint (``resume_state``, read only);
+            `start` then cuts ``metrics.jsonl`` back to that checkpoint's ``env_steps``.
         wandb_mode, wandb_project: see `WandbLogger`.
         checkpoint_every_s: `checkpoint_due` turns true this many seconds after the last checkpoint.
         progress: show a tqdm bar; None: only when stderr is a terminal.
@@ -348,36 +372,73 @@ class Run:
         progress: bool | None = None,
     ):
         self._t0 = time.perf_counter()
-        self.dir = None if run_dir is None else prepare_run_dir(run_dir, resume=resume)
+        self.dir = None if run_dir is None else Path(run_dir)
+        self.resume = bool(resume)
         self.info = {"algo": algo, "env": env, "seed": seed}
+        self.config = dict(config)
         self.checkpoint_every_s = float(checkpoint_every_s)
         self.last_row: dict[str, Any] = {}
         self.resume_state: dict[str, Any] | None = None
         self._wall_offset = 0.0
+        self._wandb_args = (wandb_mode, wandb_project, f"{algo}-{env}-{seed}")
+        self._progress = (total_steps, progress)
+        self._metrics = None
+        self._bar = None
+        self._wandb: WandbLogger | None = None
+        self.started = False
+        if self.dir is not None:  # a fresh run's directory is created (empty) now, a resumed one is checked
+            prepare_run_dir(self.dir, resume=self.resume)
         run_id = _new_run_id()
-        if resume:
+        if self.resume:
             if self.dir is None:
                 raise RunDirError("resume: needs a run directory")
-            self.resume_state = load_checkpoint(self.dir / CHECKPOINT_NAME)
+            # Read only: the directory changes in `start`, once the algorithm has loaded this state.
+            self.resume_state = load_checkpoint(self.checkpoint_path)
             self._wall_offset = float(self.resume_state.get("wall_s", 0.0))
             run_id = self.resume_state.get("wandb_run_id") or run_id
-            truncate_metrics(self.dir / "metrics.jsonl", int(self.resume_state["env_steps"]))
         self.run_id = run_id
         self._last_ckpt = time.perf_counter()
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """``run_dir/checkpoint.pt`` (None for an in-memory run)."""
+        return None if self.dir is None else self.dir / CHECKPOINT_NAME
+
+    def start(self) -> Run:
+        """Open the run: create the directory, write ``config.json``, cut ``metrics.jsonl`` back to the
+        checkpoint (on resume), open W&B and the progress bar. Idempotent.
+
+        An algorithm calls it once its setup is done and ``resume_state`` is loaded into its objects, so
+        that a run that fails before (a bad flag, a checkpoint that does not fit) leaves the run
+        directory exactly as it was. `log`, `save_checkpoint` and `finish` call it if it was not.
+        """
+        if self.started:
+            return self
+        self.started = True
         if self.dir is not None:
-            write_json(self.dir / "config.json", config)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if self.resume_state is not None:
+                truncate_metrics(self.dir / "metrics.jsonl", int(self.resume_state["env_steps"]))
+            write_json(self.dir / "config.json", self.config)
             self._metrics = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finish)
-        else:
-            self._metrics = None
-        self.wandb = WandbLogger(
-            wandb_mode,
-            project=wandb_project,
-            run_id=run_id,
-            name=f"{algo}-{env}-{seed}",
-            config=config,
+        mode, project, name = self._wandb_args
+        self._wandb = WandbLogger(
+            mode,
+            project=project,
+            run_id=self.run_id,
+            name=name,
+            config=self.config,
             directory=self.dir if self.dir is not None else Path.cwd(),
         )
-        self._bar = _progress_bar(total_steps, self.env_steps_at_start, progress)
+        self._bar = _progress_bar(self._progress[0], self.env_steps_at_start, self._progress[1])
+        return self
+
+    @property
+    def wandb(self) -> WandbLogger:
+        """The run's `WandbLogger` (opens the run, see `start`)."""
+        self.start()
+        assert self._wandb is not None
+        return self._wandb
 
     @property
     def env_steps_at_start(self) -> int:
@@ -392,6 +453,7 @@ class Run:
         """Record one iteration: ``metrics.jsonl``, W&B and the progress bar. Adds ``wall_s``."""
         if "env_steps" not in row:
             raise ValueError(f"log: every row needs 'env_steps', got keys {sorted(row)}")
+        self.start()
         out = {k: _jsonable(v) for k, v in row.items()}
         out["env_steps"] = int(out["env_steps"])
         out["wall_s"] = round(self.wall_s, 4)
@@ -415,6 +477,7 @@ class Run:
         self._last_ckpt = time.perf_counter()
         if self.dir is None:
             return
+        self.start()
         for k in ("env_steps", "iteration"):
             if k not in state:
                 raise ValueError(f"save_checkpoint: state needs {k!r}")
@@ -423,6 +486,7 @@ class Run:
 
     def finish(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``summary.json`` (info, ``env_steps``, ``wall_s`` and ``summary``), close W&B and files."""
+        self.start()
         out = {**self.info, "env_steps": self.last_row.get("env_steps", self.env_steps_at_start)}
         out.update({k: _jsonable(v) for k, v in summary.items()})
         out["wall_s"] = round(self.wall_s, 4)
@@ -440,7 +504,8 @@ class Run:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
-        self.wandb.finish(exit_code=exit_code)
+        if self._wandb is not None:
+            self._wandb.finish(exit_code=exit_code)
 
     def __enter__(self) -> Run:
         return self

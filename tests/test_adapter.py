@@ -133,10 +133,13 @@ def test_next_step_reset_step_has_reward_zero():
     env = envs.make("CartPole-v1", num_envs=2)
     env.reset(seed=0)
     pending = torch.zeros(2, dtype=torch.bool)
+    reset_steps = 0
     for _ in range(40):
         obs, reward, terminated, truncated, _ = env.step(torch.zeros(2, dtype=torch.int64))
         assert (reward[pending] == 0).all() and not (terminated | truncated)[pending].any()
+        reset_steps += int(pending.sum())
         pending = terminated | truncated
+    assert reset_steps >= 2  # pushing left ends an episode in ~10 steps: the check above really ran
 
 
 def test_every_supported_space_converts_both_ways():

@@ -168,13 +168,66 @@ def test_evaluate_counts_one_episode_per_env_on_cartpole():
     assert 8 <= out["eval_return_mean"] <= 500 and out["eval_return_mean"] == out["eval_length_mean"]
 
 
+class _GoalLine(TorchVectorEnv):
+    """A goal env where the way to go depends on the goal: env ``i`` starts at ``x0`` and must reach ``g``,
+    ``(x0, g) = PAIRS[i % 8]``, by steps of -1 / +1 (actions 0 / 1) within 5 steps; reaching it gives
+    reward 1 and terminates. Positions 0, +-2 and +-3 each need opposite directions for different
+    goals, so a policy that ignores the goal cannot solve every pair; a constant one solves exactly 4 of
+    the 8, and a uniformly random one 7/32 of episodes."""
+
+    PAIRS = ((0, 3), (0, -3), (5, 2), (-5, -2), (2, 5), (-2, -5), (3, 0), (-3, 0))
+
+    def __init__(self, num_envs=1, *, device="cpu", autoreset_mode="next_step", validate=True, **kw):
+        box = gym.spaces.Box(-10.0, 10.0, (1,), np.float32)
+        super().__init__(
+            num_envs,
+            single_observation_space=gym.spaces.Dict(
+                {"observation": box, "achieved_goal": box, "desired_goal": box}
+            ),
+            single_action_space=gym.spaces.Discrete(2),
+            max_episode_steps=5,
+            device=device,
+            autoreset_mode=autoreset_mode,
+            validate=validate,
+        )
+
+    def _sample_reset(self, draw: Draw):
+        pairs = torch.tensor(self.PAIRS, dtype=torch.float32, device=self.device)
+        p = pairs[torch.arange(self.num_envs, device=self.device) % len(self.PAIRS)]
+        return {"state": p[:, :1].clone(), "goal": p[:, 1:].clone()}
+
+    def _transition(self, vars, action, draw):
+        x = vars["state"] + (2 * action.unsqueeze(-1) - 1).to(vars["state"].dtype)
+        reached = (x == vars["goal"]).squeeze(-1)
+        return {"state": x, "goal": vars["goal"]}, reached.to(x.dtype), reached
+
+    def _observe(self, vars):
+        x = vars["state"].clone()
+        return {"observation": x, "achieved_goal": x.clone(), "desired_goal": vars["goal"].clone()}
+
+    def compute_terminated(self, achieved_goal, desired_goal, info=None):
+        return (achieved_goal == desired_goal).all(-1)
+
+
 def test_ppo_trains_on_a_goal_env_and_logs_success(tmp_path):
-    env_id = f"{__name__}:_Corridor"
-    task = Task(env=env_id, total_steps=2048, num_envs=32, seed=0, device="cpu", eval_episodes=4)
+    """PPO learns a goal-conditioned policy: success on (nearly) every (start, goal) pair, where no
+    policy that ignores the goal solves them all and a constant one gets exactly 1/2."""
+    probe = _GoalLine(16, autoreset_mode="same_step", validate=False)
+    agent = ActorCritic(probe.single_observation_space, probe.single_action_space)
+    constant = []
+    for bias in ((5.0, -5.0), (-5.0, 5.0)):  # always left, always right
+        with torch.no_grad():
+            agent.actor[-1].weight.zero_()
+            agent.actor[-1].bias.copy_(torch.tensor(bias))
+        constant.append(evaluate(agent, probe, None, seed=0)["eval_success_rate"])
+    assert constant == [0.5, 0.5]
+
+    env_id = f"{__name__}:_GoalLine"
+    task = Task(env=env_id, total_steps=8192, num_envs=32, seed=0, device="cpu", eval_episodes=16)
     summary = train(task, PPOConfig(num_steps=16), _run(tmp_path / "run", task))
-    assert 0.0 <= summary["eval_success_rate"] <= 1.0
+    assert summary["eval_success_rate"] >= 0.9, summary
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    assert "eval_success_rate" in rows[-1]
+    assert rows[-1]["eval_success_rate"] == summary["eval_success_rate"]
     assert (
         json.loads((tmp_path / "run" / "summary.json").read_text())["eval_success_rate"]
         == summary["eval_success_rate"]

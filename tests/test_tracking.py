@@ -125,11 +125,17 @@ def test_run_resume_cuts_metrics_back_and_keeps_the_wandb_id(tmp_path):
 
     with pytest.raises(RunDirError, match="not empty"):
         Run(run_dir, **kwargs)
-    resumed = Run(run_dir, resume=True, **kwargs)
+    config_before = (run_dir / "config.json").read_text()
+    resumed = Run(run_dir, resume=True, **{**kwargs, "config": {"x": 2}})
     assert resumed.resume_state["env_steps"] == 200
     assert resumed.run_id == run_id
     assert resumed.wall_s >= resumed.resume_state["wall_s"]
+    # Until the algorithm has loaded the checkpoint and calls start(), nothing on disk changes.
+    assert [r["env_steps"] for r in read_metrics(run_dir / "metrics.jsonl")] == [100, 200, 300]
+    assert (run_dir / "config.json").read_text() == config_before
+    resumed.start()
     assert [r["env_steps"] for r in read_metrics(run_dir / "metrics.jsonl")] == [100, 200]
+    assert json.loads((run_dir / "config.json").read_text()) == {"x": 2}
     for step in (300, 400):
         resumed.log({"env_steps": step, "loss": 2.0})
     summary = resumed.finish({"eval_return_mean": 1.5})

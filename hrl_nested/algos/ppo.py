@@ -22,20 +22,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
+from typing import Any, ClassVar
 
+import gymnasium as gym
 import torch
 
 import envs
 from envs.core import EnvState, TorchVectorEnv
-from hrl_nested.algos import Task, resolve_device
+from hrl_nested.algos import ConfigError, Task, check, finite_float, positive_int, resolve_device
 from hrl_nested.batch import tree_map
-from hrl_nested.losses import approx_kl, clip_fraction, entropy_loss, ppo_clip_loss, value_loss
 from hrl_nested.networks import ActorCritic, actor_critic_apply
 from hrl_nested.obs_norm import ObsNormalizer
+from hrl_nested.ppo_objective import PPOStats, ppo_objective
 from hrl_nested.returns import gae
-from hrl_nested.rollout import PolicyOutput, actor_critic_policy, make_rollout
-from hrl_nested.tracking import Run, set_rng_state
+from hrl_nested.rollout import CAPTURE_MODES, PolicyOutput, actor_critic_policy, make_rollout
+from hrl_nested.tracking import CheckpointError, Run, require_keys, set_rng_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +94,44 @@ class PPOConfig:
     """``torch.compile`` the loss + gradient step. Pays off on CUDA for long runs; a cold compile costs
     seconds, more than a whole CartPole run on CPU."""
     capture: str = "auto"
-    """Rollout capture (``auto``: a CUDA graph on GPU, eager on CPU); see `hrl_nested.rollout`."""
+    """Rollout capture (``auto``: a CUDA graph on GPU, eager on CPU and for envs whose state lives in a
+    simulator, such as wrapped Gymnasium envs); see `hrl_nested.rollout`."""
+
+    state_shaping_fields: ClassVar[tuple[str, ...]] = ("num_steps", "hidden", "norm_obs")
+    """Fields a resumed run may not change: the batch shape, the network sizes, obs normalization."""
+
+    def validate(self, task: Task | None = None) -> None:
+        """Raise `ConfigError` naming the first bad field; with ``task``, also the cross-field checks
+        (``num_minibatches`` divides the batch ``num_envs * num_steps``)."""
+        sec = {"section": "ppo"}
+        positive_int(self.num_steps, "num_steps", **sec)
+        finite_float(self.lr, "lr", low=0.0, low_open=True, **sec)
+        finite_float(self.gamma, "gamma", low=0.0, high=1.0, **sec)
+        finite_float(self.gae_lambda, "gae_lambda", low=0.0, high=1.0, **sec)
+        positive_int(self.update_epochs, "update_epochs", **sec)
+        positive_int(self.num_minibatches, "num_minibatches", **sec)
+        finite_float(self.clip_coef, "clip_coef", low=0.0, low_open=True, **sec)
+        finite_float(self.ent_coef, "ent_coef", low=0.0, **sec)
+        finite_float(self.vf_coef, "vf_coef", low=0.0, **sec)
+        finite_float(self.max_grad_norm, "max_grad_norm", low=0.0, low_open=True, **sec)
+        hidden_ok = len(self.hidden) > 0 and all(isinstance(h, int) and h >= 1 for h in self.hidden)
+        check(hidden_ok, "hidden", "one or more positive layer sizes", tuple(self.hidden), **sec)
+        positive_int(self.eval_every, "eval_every", minimum=0, **sec)
+        for name in ("stop_at_return", "eval_max_return"):
+            if getattr(self, name) is not None:
+                finite_float(getattr(self, name), name, **sec)
+        modes = ", ".join(CAPTURE_MODES)
+        check(self.capture in CAPTURE_MODES, "capture", f"one of {modes}", self.capture, **sec)
+        if task is not None:
+            batch = task.num_envs * self.num_steps
+            check(
+                batch % self.num_minibatches == 0 and self.num_minibatches <= batch,
+                "num_minibatches",
+                f"a divisor of the batch size --num-envs x --ppo.num-steps = {task.num_envs} x "
+                f"{self.num_steps} = {batch}",
+                self.num_minibatches,
+                **sec,
+            )
 
 
 Config = PPOConfig  # the name `hrl_nested.algos` expects
@@ -111,23 +149,42 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
     Returns:
         The summary: ``env_steps``, ``iterations``, ``eval_return_mean`` (and ``eval_success_rate``
         on goal envs), ``eval_time_s`` (all evaluations), ``warmup_s`` (first rollout + first update:
-        graph capture and compilation), and ``solved`` and ``time_to_solve_s`` with ``stop_at_return``.
+        graph capture and compilation), ``solved`` and ``time_to_solve_s`` with ``stop_at_return``, and
+        on a resumed run ``env_state_restored``: False for an env whose state lives in a simulator (a
+        wrapped Gymnasium env), whose episodes then restart from a seed derived from the iteration.
+
+    Raises:
+        ConfigError: a bad value in ``task`` or ``cfg``, or an env that cannot be made (before any file
+            is written).
+        CheckpointError: ``run.resume_state`` lacks a key or does not fit these objects (before the run
+            directory changes).
     """
+    task.validate()
+    cfg.validate(task)
     if run is None:  # no files, no W&B, no progress bar
         run = Run(None, config={}, algo="ppo", env=task.env, seed=task.seed, total_steps=0, progress=False)
     device = resolve_device(task.device)
     torch.manual_seed(task.seed)
 
     # ---- setup: envs (SAME_STEP, so a batch never holds a dummy reset step), agent, optimizer
-    env = envs.make(task.env, task.num_envs, device=device, autoreset_mode="same_step", validate=False)
-    eval_env = envs.make(
-        task.env, task.eval_episodes, device=device, autoreset_mode="same_step", validate=False
-    )
+    env = _make_env(task.env, task.num_envs, device)
+    eval_env = _make_env(task.env, task.eval_episodes, device)
     agent = ActorCritic(env.single_observation_space, env.single_action_space, hidden=cfg.hidden).to(device)
     fused = device.type in ("cuda", "cpu")  # one kernel for all parameters, not a Python loop over them
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5, fused=fused)
     rms = ObsNormalizer(env.single_observation_space, device=device) if cfg.norm_obs else None
-    collect = make_rollout(env, _policy_with_obs_norm(agent, rms), cfg.num_steps, capture=cfg.capture)
+    # A simulator's state (a wrapped Gymnasium env) cannot be snapshotted, so it can neither be rewound
+    # after a capture's warm-up nor checkpointed: such an env runs an eager rollout.
+    env_has_state = envs.supports_state(env)
+    check(
+        env_has_state or cfg.capture in ("auto", "none"),
+        "capture",
+        f"auto or none for {task.env} (its state lives in a simulator: a capture cannot rewind it)",
+        cfg.capture,
+        section="ppo",
+    )
+    capture = cfg.capture if env_has_state else "none"
+    collect = make_rollout(env, _policy_with_obs_norm(agent, rms), cfg.num_steps, capture=capture)
     # The first rollout and update pay for CUDA-graph capture and compilation: timed on their own.
     warmup: dict[str, float] = {}
     rollout = _time_first_call(collect, warmup, "rollout", device)
@@ -136,15 +193,27 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
     batch_size = task.num_envs * cfg.num_steps
     minibatch_size = batch_size // cfg.num_minibatches
     num_iterations = max(1, math.ceil(task.total_steps / batch_size))
-    if batch_size % cfg.num_minibatches:
-        raise ValueError(f"num_minibatches={cfg.num_minibatches} must divide the batch size {batch_size}")
 
     obs, _ = env.reset(seed=task.seed)
     start_iteration, env_steps, last_eval = 0, 0, {}
+    resumed: dict[str, Any] = {}
     if run.resume_state is not None:
-        start_iteration, env_steps, obs, last_eval = _restore(
-            run.resume_state, agent, optimizer, rms, env, collect, device
+        start_iteration, env_steps, restored_obs, last_eval = _restore(
+            run.resume_state, run.checkpoint_path, agent, optimizer, rms, env, collect, device
         )
+        resumed["env_state_restored"] = restored_obs is not None
+        if restored_obs is not None:
+            obs = restored_obs
+        else:  # the learner continues; the simulator's episodes start afresh, from a seed of their own
+            reset_seed = task.seed + 1_000_003 * start_iteration
+            obs, _ = env.reset(seed=reset_seed)
+            print(
+                f"resume: {task.env} keeps its state in a simulator, which a checkpoint cannot hold; the "
+                f"learner (agent, optimizer, obs statistics, RNG, counters) is restored and the envs start "
+                f"fresh episodes (reset seed {reset_seed})",
+                flush=True,
+            )
+    run.start()  # the run directory changes only now, with the checkpoint (if any) loaded
     solved_at, eval_time = None, 0.0
 
     for iteration in range(start_iteration, num_iterations):
@@ -231,6 +300,7 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
     summary = {
         "iterations": run.last_row.get("iteration", start_iteration),
         **last_eval,
+        **resumed,
         "eval_time_s": eval_time,
         "warmup_s": sum(warmup.values()),
     }
@@ -242,28 +312,29 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
 
 def ppo_loss(
     agent: ActorCritic, mb: dict[str, torch.Tensor], cfg: PPOConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The PPO objective on a minibatch: ``L = L_clip + vf_coef * L_V - ent_coef * H``.
+) -> tuple[torch.Tensor, PPOStats]:
+    """The PPO objective on a minibatch, ``L = L_clip + vf_coef * L_V - ent_coef * H``: the one
+    implementation, `hrl_nested.ppo_objective.ppo_objective`, on the agent's parameter dict.
 
     Returns:
-        ``(loss, stats)``: the scalar to minimize and the detached ``(pg_loss, v_loss, entropy,
-        approx_kl, clip_fraction)``.
+        ``(loss, stats)``: the scalar to minimize and the detached `PPOStats` (``policy_loss``,
+        ``value_loss``, ``entropy``, ``approx_kl``, ``clip_fraction``; ``stats[0]`` still works).
     """
-    dist_params, v = agent(mb["obs"])
-    dist = agent.distribution(dist_params)
-    logp = dist.log_prob(mb["actions"])
-    adv = mb["advantages"]
-    if cfg.norm_adv:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    pg_loss = ppo_clip_loss(logp, mb["logprobs"], adv, cfg.clip_coef)
-    v_loss = value_loss(v, mb["values"], mb["returns"], cfg.clip_coef if cfg.clip_vloss else None)
-    ent = dist.entropy()
-    loss = pg_loss + cfg.vf_coef * v_loss + cfg.ent_coef * entropy_loss(ent)
-    with torch.no_grad():
-        kl = approx_kl(logp, mb["logprobs"])
-        clipfrac = clip_fraction(logp, mb["logprobs"], cfg.clip_coef)
-        stats = torch.stack([pg_loss, v_loss, ent.mean(), kl, clipfrac])
-    return loss, stats
+
+    def dist_fn(params: dict[str, torch.Tensor], obs: Any):
+        dist_params, v = actor_critic_apply(agent, params, obs)
+        return agent.distribution(dist_params), v
+
+    return ppo_objective(
+        dist_fn,
+        dict(agent.named_parameters()),
+        mb,
+        clip_coef=cfg.clip_coef,
+        vf_coef=cfg.vf_coef,
+        ent_coef=cfg.ent_coef,
+        norm_adv=cfg.norm_adv,
+        clip_vloss=cfg.clip_vloss,
+    )
 
 
 def _make_update_step(agent: ActorCritic, optimizer: torch.optim.Optimizer, cfg: PPOConfig):
@@ -278,7 +349,7 @@ def _make_update_step(agent: ActorCritic, optimizer: torch.optim.Optimizer, cfg:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
         optimizer.step()
-        return torch.cat([stats, grad_norm.detach().reshape(1)])
+        return torch.stack([*stats, grad_norm.detach().reshape(())])
 
     return update_step
 
@@ -311,7 +382,8 @@ def evaluate(
             one (unfinished episodes count what they have so far) and ``eval_stopped_early`` is 1.0.
 
     Returns:
-        ``eval_return_mean``, ``eval_length_mean`` and, on goal envs (or ``info["is_success"]``),
+        ``eval_return_mean``, ``eval_length_mean`` and, on goal envs (or ``info["is_success"]`` /
+        ``info["success"]``),
         ``eval_success_rate`` (success on an episode's last step, see `_success`).
     """
     obs, _ = env.reset(seed=seed)
@@ -390,15 +462,41 @@ def _time_first_call(fn, into: dict[str, float], name: str, device: torch.device
     return timed
 
 
+# Gymnasium-Robotics: the Fetch and Shadow-hand tasks report "is_success", the mazes "success".
+_SUCCESS_KEYS = ("is_success", "success")
+
+
 def _success(env: TorchVectorEnv, info: dict[str, Any]) -> torch.Tensor | None:
-    """Per-env success of this step: ``info["is_success"]`` (wrapped Gymnasium-Robotics envs) or, for
-    goal envs, ``compute_terminated`` on the true final observation; None when the env has neither."""
-    if "is_success" in info:
-        return torch.as_tensor(info["is_success"], device=env.device).bool()
+    """Per-env success of this step, or None when the env reports none.
+
+    Read from ``info["is_success"]`` or ``info["success"]`` (Gymnasium-Robotics envs, wrapped); for an env
+    that ended this step in SAME_STEP mode, from ``info["final_info"]`` (``info`` then holds the new
+    episode's reset info). Goal envs that report neither: ``compute_terminated`` on the true final
+    observation.
+    """
+    final_info = info.get("final_info")
+    final_info = final_info if isinstance(final_info, dict) else {}
+    for key in _SUCCESS_KEYS:
+        if key not in info and key not in final_info:
+            continue
+        out = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
+        if key in info:
+            out = _masked_flag(info, key, env)
+        if key in final_info and "_final_obs" in info:
+            ended = torch.as_tensor(info["_final_obs"], device=env.device).bool()
+            out = torch.where(ended, _masked_flag(final_info, key, env), out)
+        return out
     final = info.get("final_obs")
     if isinstance(final, dict) and "achieved_goal" in final and hasattr(env, "compute_terminated"):
         return torch.as_tensor(env.compute_terminated(final["achieved_goal"], final["desired_goal"])).bool()
     return None
+
+
+def _masked_flag(info: dict[str, Any], key: str, env: Any) -> torch.Tensor:
+    """``info[key]`` as a ``(num_envs,)`` bool tensor, False where Gymnasium's ``info["_" + key]`` mask is."""
+    value = torch.as_tensor(info[key], device=env.device).bool().reshape(-1).expand(env.num_envs)
+    mask = info.get("_" + key)
+    return value if mask is None else value & torch.as_tensor(mask, device=env.device).bool()
 
 
 def _normalized(obs: Any, rms: ObsNormalizer | None) -> Any:
@@ -429,30 +527,67 @@ def _policy_with_obs_norm(agent: ActorCritic, rms: ObsNormalizer | None):
 
 
 def _checkpoint_state(iteration, env_steps, agent, optimizer, rms, env, obs, collect, last_eval) -> dict:
+    # An env whose state lives in a simulator has none to save: its run resumes with fresh episodes.
+    has_state = envs.supports_state(env)
     return {
         "iteration": iteration,
         "env_steps": env_steps,
         "agent": agent.state_dict(),
         "optimizer": optimizer.state_dict(),
         "obs_norm": None if rms is None else rms.state_dict(),
-        "env": dataclasses.asdict(env.get_state()),
-        "obs": obs,
+        "env": dataclasses.asdict(env.get_state()) if has_state else None,
+        "obs": obs if has_state else None,
         "rollout": collect.state_dict(),
         "last_eval": last_eval,
     }
 
 
-def _restore(state, agent, optimizer, rms, env, collect, device) -> tuple[int, int, Any, dict]:
-    """Load a checkpoint into the live objects; returns ``(iteration, env_steps, obs, last_eval)``."""
-    agent.load_state_dict(state["agent"])
-    optimizer.load_state_dict(state["optimizer"])
+_REQUIRED = ("iteration", "env_steps", "agent", "optimizer", "obs_norm", "env", "obs", "rollout", "rng")
+
+
+def _restore(state, path, agent, optimizer, rms, env, collect, device) -> tuple[int, int, Any, dict]:
+    """Load a checkpoint into the live objects; returns ``(iteration, env_steps, obs, last_eval)``, with
+    ``obs`` None when the env's state was not restored (an env without ``get_state``: fresh episodes).
+
+    Raises:
+        CheckpointError: a key is missing, or a saved tensor does not fit this run (naming the file).
+    """
+    require_keys(state, _REQUIRED, path)
     if (rms is None) != (state["obs_norm"] is None):
-        raise ValueError("resume: norm_obs differs from the checkpointed run")
-    if rms is not None:
-        rms.load_state_dict(state["obs_norm"])
-    env.set_state(EnvState(**state["env"]))
-    collect.load_state_dict(state["rollout"])
-    obs = state["obs"]
-    obs = {k: v.to(device) for k, v in obs.items()} if isinstance(obs, dict) else obs.to(device)
-    set_rng_state(state["rng"])
+        raise CheckpointError(
+            f"checkpoint {path}: saved with norm_obs={state['obs_norm'] is not None}, this run has "
+            f"norm_obs={rms is not None}; resume with the run's own --ppo.norm-obs"
+        )
+    restore_env = envs.supports_state(env) and state["env"] is not None and state["obs"] is not None
+    try:
+        agent.load_state_dict(state["agent"])
+        optimizer.load_state_dict(state["optimizer"])
+        if rms is not None:
+            rms.load_state_dict(state["obs_norm"])
+        obs = None
+        if restore_env:
+            env.set_state(EnvState(**state["env"]))
+            collect.load_state_dict(state["rollout"])
+            obs = state["obs"]
+            obs = {k: v.to(device) for k, v in obs.items()} if isinstance(obs, dict) else obs.to(device)
+        set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this run ({type(e).__name__}: {first[:300]}); it was written "
+            "by a run with other network sizes, batch shape or env"
+        ) from None
     return int(state["iteration"]), int(state["env_steps"]), obs, dict(state.get("last_eval") or {})
+
+
+def _make_env(env_id: str, num_envs: int, device: torch.device) -> Any:
+    """A SAME_STEP env for training or evaluation; an env that cannot be made is a `ConfigError` on --env."""
+    try:
+        return envs.make(env_id, num_envs, device=device, autoreset_mode="same_step", validate=False)
+    except (ValueError, ImportError, AttributeError, gym.error.Error) as e:
+        raise ConfigError(
+            "env",
+            "a Gymnasium id, 'module:EnvId' or 'package.module:Class'",
+            env_id,
+            note=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+        ) from None

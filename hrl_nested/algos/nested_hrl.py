@@ -1,0 +1,628 @@
+"""Nested HRL: a manager sets goals for goal-conditioned subpolicies, and the shaping of their reward
+is learned through their inner PPO updates (``--algo nested-hrl``).
+
+The loop, written out top to bottom (`train` -> `run_nested`)::
+
+    for iteration:
+        rollout            T steps x N envs; the carry holds each env's open segment (goal, subpolicy,
+                           manager log-prob/value, start obs, running return), see `hrl_nested.hierarchy`
+        prepare            segment ends (horizon | subgoal reached | episode end: a third signal),
+                           extrinsic GAE, the manager's SMDP transitions (`hrl_nested.segments`)
+        inner + outer      n_inner PPO steps of the subpolicies θ on φ-shaped advantages; φ descends
+                           -J_ext(θ'(φ)) by `hrl_nested.hypergrad.hypergrad` (unrolled | truncated | cg |
+                           neumann | es); a non-finite hypergradient skips the whole step
+        critics            V_w and V_ext, ordinary steps on detached targets
+        manager            PPO on the SMDP transitions, every manager_every iterations
+
+Papers: HIRO (Nachum et al. 2018) for the manager/subgoal structure and the negative-distance
+shaping `--algo hrl` keeps fixed; LIRPG (Zheng et al. 2018) for learning an intrinsic reward through
+the policy's update (`--algo lirpg`); meta-gradient RL (Xu et al. 2018) for the outer gradient through
+the inner update. `hrl` and `lirpg` run this same loop with other switches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from typing import Any, ClassVar, Literal
+
+import torch
+
+import envs
+from envs.core import EnvState
+from hrl_nested import optim
+from hrl_nested.algos import ConfigError, Task, check, finite_float, positive_int, resolve_device
+from hrl_nested.algos import nested_parts as parts
+from hrl_nested.algos.nested_parts import (
+    _REQUIRED,
+    _batch_stats,
+    _checkpoint,
+    _restore,
+    _Timer,
+    _to,
+    _to_host,
+)
+from hrl_nested.algos.ppo import _make_env
+from hrl_nested.hierarchy import Hierarchy, goal_bounds
+from hrl_nested.hypergrad import NonFiniteHypergradWarning, hypergrad, make_hvp, run_inner
+from hrl_nested.nested_objective import clip_by_global_norm, grad_cosine, make_inner_outer
+from hrl_nested.rollout import CAPTURE_MODES, make_rollout
+from hrl_nested.shaping import init_free_shaping, init_goal_shaping, phi_summary
+from hrl_nested.tracking import CheckpointError, Run, require_keys, set_rng_state
+
+HYPERGRADS = ("unrolled", "truncated", "cg", "neumann", "es")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonConfig:
+    """Rollout, subpolicies and critics: shared by ``nested-hrl``, ``hrl`` and ``lirpg``."""
+
+    num_steps: int = 64
+    """Steps per env per rollout (T); a batch is ``num_envs * num_steps`` transitions."""
+    gamma: float = 0.99
+    """Discount of the subpolicies (and of the extrinsic advantages of the outer loss)."""
+    gae_lambda: float = 0.95
+    """GAE lambda of the subpolicies."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of every network (subpolicies, critics, manager)."""
+    norm_obs: bool = True
+    """Normalize Box observation leaves by running statistics (inputs of the policy, never parameters)."""
+    sub_lr: float = 1e-3
+    """Learning rate of the subpolicies' inner Adam (its state carries over between iterations)."""
+    n_inner: int = 8
+    """Differentiable inner PPO steps per iteration, each on one minibatch."""
+    num_minibatches: int = 4
+    """Minibatches per pass over the batch (inner steps cycle through fresh permutations)."""
+    clip_coef: float = 0.2
+    """PPO's surrogate clipping epsilon (subpolicies and manager)."""
+    ent_coef: float = 0.0
+    """Entropy bonus of the subpolicies."""
+    norm_adv: bool = True
+    """Normalize the shaped advantages per minibatch, as flat PPO does."""
+    max_grad_norm: float = 0.5
+    """Clip the global gradient norm of every inner and ordinary step, as flat PPO does."""
+    critic_lr: float = 1e-3
+    """Learning rate of the two critics V_w and V_ext."""
+    critic_epochs: int = 2
+    """Passes of the critics over each batch."""
+    eval_every: int = 4
+    """Evaluate every this many iterations (and always after the last); 0: only at the end."""
+    capture: str = "auto"
+    """Rollout capture (``auto``: a CUDA graph on GPU, eager on CPU); see `hrl_nested.rollout`."""
+
+    state_shaping_fields: ClassVar[tuple[str, ...]] = ("num_steps", "hidden", "norm_obs")
+    """Fields a resumed run may not change: the batch shape, the network sizes, obs normalization."""
+
+    def _validate_common(self, sec: dict[str, str], task: Task | None) -> None:
+        positive_int(self.num_steps, "num_steps", **sec)
+        for name in ("gamma", "gae_lambda"):
+            finite_float(getattr(self, name), name, low=0.0, high=1.0, **sec)
+        hidden_ok = len(self.hidden) > 0 and all(isinstance(h, int) and h >= 1 for h in self.hidden)
+        check(hidden_ok, "hidden", "one or more positive layer sizes", tuple(self.hidden), **sec)
+        for name in ("sub_lr", "clip_coef", "max_grad_norm", "critic_lr"):
+            finite_float(getattr(self, name), name, low=0.0, low_open=True, **sec)
+        finite_float(self.ent_coef, "ent_coef", low=0.0, **sec)
+        for name in ("n_inner", "num_minibatches", "critic_epochs"):
+            positive_int(getattr(self, name), name, **sec)
+        positive_int(self.eval_every, "eval_every", minimum=0, **sec)
+        check(
+            self.capture in CAPTURE_MODES,
+            "capture",
+            f"one of {', '.join(CAPTURE_MODES)}",
+            self.capture,
+            **sec,
+        )
+        if task is not None:
+            batch = task.num_envs * self.num_steps
+            check(
+                batch % self.num_minibatches == 0 and self.num_minibatches <= batch,
+                "num_minibatches",
+                f"a divisor of the batch size --num-envs x num-steps = {task.num_envs} x {self.num_steps} "
+                f"= {batch}",
+                self.num_minibatches,
+                **sec,
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ManagerConfig(CommonConfig):
+    """Adds the manager and its goal segments (``nested-hrl`` and ``hrl``)."""
+
+    goal_horizon: int = 10
+    """A segment ends after this many steps (or when its subgoal is reached, or its episode ends)."""
+    goal_tolerance: float = 0.1
+    """A subgoal counts as reached within this L2 distance, in goal-space units."""
+    relative_goals: bool = False
+    """Goals relative to the achieved goal (manager proposes offsets; subpolicies see ``g - ag``)."""
+    goal_scale: float = 1.0
+    """Bounds ``[-goal_scale, goal_scale]`` for goal dims the task leaves unbounded (e.g. CartPole's
+    velocities); bounded dims use the task's goal space. The run prints which."""
+    num_subpolicies: int = 1
+    """Subpolicies K (stacked); the manager picks one per segment when K > 1."""
+    manager_lr: float = 3e-4
+    """Learning rate of the manager's Adam."""
+    manager_every: int = 1
+    """Update the manager every this many iterations, on the segments that ended since its last update."""
+    manager_epochs: int = 2
+    """Passes of the manager's PPO over its transitions."""
+    manager_minibatches: int = 1
+    """Minibatches per manager pass."""
+    manager_gamma: float = 0.99
+    """Discount of the manager's SMDP (per env step: a segment of length L discounts by gamma^L)."""
+    manager_lambda: float = 0.95
+    """GAE lambda over each env's chain of segments."""
+    manager_ent_coef: float = 0.01
+    """Entropy bonus of the manager (goal exploration)."""
+
+    def _validate_manager(self, sec: dict[str, str]) -> None:
+        for name in (
+            "goal_horizon",
+            "num_subpolicies",
+            "manager_every",
+            "manager_epochs",
+            "manager_minibatches",
+        ):
+            positive_int(getattr(self, name), name, **sec)
+        for name in ("goal_tolerance", "goal_scale", "manager_lr"):
+            finite_float(getattr(self, name), name, low=0.0, low_open=True, **sec)
+        for name in ("manager_gamma", "manager_lambda"):
+            finite_float(getattr(self, name), name, low=0.0, high=1.0, **sec)
+        finite_float(self.manager_ent_coef, "manager_ent_coef", low=0.0, **sec)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaFields:
+    """The outer loop: φ and its hypergradient (``nested-hrl`` and ``lirpg``)."""
+
+    hypergrad: Literal["unrolled", "truncated", "cg", "neumann", "es"] = "truncated"
+    """Hypergradient estimator of d(outer loss)/dφ through the inner steps."""
+    truncate: int = 2
+    """``truncated``: back-propagate through the last this many inner steps."""
+    cg_iters: int = 10
+    """``cg``: conjugate-gradient iterations."""
+    cg_tol: float = 1e-10
+    """``cg``: residual tolerance."""
+    neumann_terms: int = 10
+    """``neumann``: terms of the series ``α Σ (I - αH)^j``."""
+    neumann_alpha: float | None = None
+    """``neumann``: α; None uses ``sub_lr``. The series converges only for ``α < 2/(prox + ||H||)``: the run
+    estimates ``||H||`` and says so when it does not."""
+    es_samples: int = 4
+    """``es``: antithetic pairs per estimate."""
+    es_sigma: float = 0.01
+    """``es``: perturbation scale of φ."""
+    prox: float = 0.0
+    """λ of the proximal term ``λ/2 ||θ - θ_start||²`` in the inner loss (for cg: exactly damping λ); keeps
+    the implicit system well-posed. 0: off."""
+    phi_lr: float = 1e-3
+    """Learning rate of the outer Adam on φ."""
+    phi_every: int = 1
+    """Update φ every this many iterations (plain inner steps in between)."""
+    phi_hidden: tuple[int, ...] = (32,)
+    """Hidden sizes of the potential Φ (or of LIRPG's intrinsic-reward MLP)."""
+    hypergrad_max_norm: float = 1.0
+    """Clip the hypergradient's global norm to this."""
+    meta_ent_coef: bool = False
+    """Meta-learn the subpolicies' entropy coefficient (log-parameterized) alongside φ."""
+    meta_lr: bool = False
+    """Meta-learn the subpolicies' log learning rate (unrolled, truncated, es only: an implicit gradient of
+    a step size does not exist). The inner optimizer is then the engine's Adam without gradient clipping."""
+    check_every: int = 0
+    """Every this many iterations, log the cosine between the estimator and the exact unrolled
+    hypergradient of the same batch (against es for ``unrolled``) as ``hypergrad_cosine``; 0: never."""
+
+    def _validate_meta(self, sec: dict[str, str]) -> None:
+        check(
+            self.hypergrad in HYPERGRADS,
+            "hypergrad",
+            f"one of {', '.join(HYPERGRADS)}",
+            self.hypergrad,
+            **sec,
+        )
+        for name in ("truncate", "cg_iters", "neumann_terms", "es_samples", "phi_every"):
+            positive_int(getattr(self, name), name, **sec)
+        positive_int(self.check_every, "check_every", minimum=0, **sec)
+        finite_float(self.cg_tol, "cg_tol", low=0.0, **sec)
+        finite_float(self.prox, "prox", low=0.0, **sec)
+        for name in ("es_sigma", "phi_lr", "hypergrad_max_norm"):
+            finite_float(getattr(self, name), name, low=0.0, low_open=True, **sec)
+        if self.neumann_alpha is not None:
+            finite_float(self.neumann_alpha, "neumann_alpha", low=0.0, low_open=True, **sec)
+        ok = all(isinstance(h, int) and h >= 1 for h in self.phi_hidden)
+        check(ok, "phi_hidden", "positive layer sizes", tuple(self.phi_hidden), **sec)
+        if self.meta_lr:
+            check(
+                self.hypergrad in ("unrolled", "truncated", "es"),
+                "meta_lr",
+                "False with --*.hypergrad cg or neumann",
+                self.meta_lr,
+                note=f"{self.hypergrad} has no gradient for a hyperparameter that only sets the step size; "
+                "use unrolled, truncated or es",
+                **sec,
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class NestedHRLConfig(MetaFields, ManagerConfig):
+    """Nested HRL: manager + subpolicies + learned shaping φ (defaults sized for a 2-core CPU)."""
+
+    state_shaping_fields: ClassVar[tuple[str, ...]] = (
+        "num_steps",
+        "hidden",
+        "norm_obs",
+        "num_subpolicies",
+        "phi_hidden",
+        "meta_ent_coef",
+        "meta_lr",
+    )
+    """Fields a resumed run may not change (they shape the checkpointed tensors)."""
+
+    def validate(self, task: Task | None = None) -> None:
+        """Raise `ConfigError` naming the first bad field (``--nested-hrl.<field>``)."""
+        sec = {"section": "nested_hrl"}
+        self._validate_common(sec, task)
+        self._validate_manager(sec)
+        self._validate_meta(sec)
+
+
+Config = NestedHRLConfig
+
+
+def train(task: Task, cfg: NestedHRLConfig, run: Run | None = None) -> dict[str, Any]:
+    """Train nested HRL on ``task``; log through ``run``; return the summary (see `run_nested`)."""
+    return run_nested(task, cfg, run, algo="nested-hrl", manager=True, shaping="goal")
+
+
+def run_nested(
+    task: Task, cfg: Any, run: Run | None, *, algo: str, manager: bool, shaping: str
+) -> dict[str, Any]:
+    """The nested loop shared by ``nested-hrl`` (manager, learned goal shaping), ``hrl`` (manager, fixed
+    shaping: φ never updated) and ``lirpg`` (no manager, learned free-form intrinsic reward).
+
+    Returns:
+        The summary: ``env_steps``, ``iterations``, ``eval_return_mean`` (``eval_success_rate`` on goal
+        envs), ``outer_skipped``, ``goal_bounds`` (where the manager's goal bounds came from).
+    """
+    task.validate()
+    cfg.validate(task)
+    learn_phi = shaping != "fixed"
+    if run is None:
+        run = Run(None, config={}, algo=algo, env=task.env, seed=task.seed, total_steps=0, progress=False)
+    device = resolve_device(task.device)
+    torch.manual_seed(task.seed)
+
+    # ---- setup: envs, networks, φ, optimizers, rollout
+    env = _make_env(task.env, task.num_envs, device)
+    eval_env = _make_env(task.env, task.eval_episodes, device)
+    h = _hierarchy(env, cfg, manager, device)
+    theta = dict(h.theta0)
+    inner_opt = clip_by_global_norm(optim.adam(cfg.sub_lr, eps=1e-5, eps_root=1e-16), cfg.max_grad_norm)
+    inner_state = inner_opt.init(theta)
+    phi = _init_phi(h, cfg, shaping, device)
+    outer_opt = optim.adam(getattr(cfg, "phi_lr", 1e-3))
+    outer_state = outer_opt.init(phi)
+    critic_opt = torch.optim.Adam(h.critics.parameters(), lr=cfg.critic_lr, eps=1e-5)
+    mgr_opt = (
+        None if h.manager is None else torch.optim.Adam(h.manager.parameters(), lr=cfg.manager_lr, eps=1e-5)
+    )
+    capture = cfg.capture if envs.supports_state(env) or cfg.capture != "auto" else "none"
+    collect = make_rollout(env, h.policy_fn(), cfg.num_steps, capture=capture, reset_carry=h.reset_carry)
+    reward_fn = parts.reward_fn_for(shaping, cfg.gamma)
+    batch_size = task.num_envs * cfg.num_steps
+    num_iterations = max(1, math.ceil(task.total_steps / batch_size))
+
+    obs, _ = env.reset(seed=task.seed)
+    carry = h.initial_carry(obs)
+    start_iteration, env_steps, last_eval, outer_skipped, mgr_rows = 0, 0, {}, 0, []
+    if run.resume_state is not None:
+        st = run.resume_state
+        require_keys(st, _REQUIRED, run.checkpoint_path)
+        try:
+            theta, inner_state, phi, outer_state = _restore(st, h, critic_opt, mgr_opt, device)
+            if envs.supports_state(env) and st["env"] is not None:
+                env.set_state(EnvState(**st["env"]))
+                collect.load_state_dict(st["rollout"])
+                obs, carry = _to(st["obs"], device), _to(st["carry"], device)
+            else:  # a simulator's state cannot be checkpointed: fresh episodes, fresh segments
+                obs, _ = env.reset(seed=task.seed + 1_000_003 * int(st["iteration"]))
+                carry = h.initial_carry(obs)
+                print(
+                    f"resume: {task.env} keeps its state in a simulator; the learner is restored and the "
+                    "envs start fresh episodes",
+                    flush=True,
+                )
+            set_rng_state(st["rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(
+                f"checkpoint {run.checkpoint_path} does not fit this run ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})"
+            ) from None
+        start_iteration, env_steps = int(st["iteration"]), int(st["env_steps"])
+        last_eval, outer_skipped = dict(st.get("last_eval") or {}), int(st["outer_skipped"])
+        mgr_rows = [_to(r, device) for r in st["mgr_rows"]]
+    if h.goal is not None:
+        print(f"{algo}: goal bounds from {h.goal.source}", flush=True)
+    run.start()
+
+    for iteration in range(start_iteration, num_iterations):
+        t_iter = time.perf_counter()
+        timer = _Timer(device)
+        # ---- rollout: T steps x N envs; the carry holds each env's open segment
+        stats = h.stats()
+        carry_in = carry
+        result = collect(h.rollout_params(theta, stats), obs, carry)
+        batch, obs, carry = result.batch, result.obs, result.carry
+        env_steps += batch_size
+        timer.mark("rollout")
+
+        # ---- segments, shaped-reward inputs, extrinsic advantages, SMDP transitions
+        prep = parts.prepare(h, batch, carry_in, stats, cfg, shaping)
+        if prep.open_return is not None:  # the learner keeps the open segments' running return
+            carry = {**carry, "seg_return": prep.open_return}
+        if h.rms is not None:  # after the batch is prepared with the stats its rollout used
+            h.rms.update(batch.obs)
+
+        # ---- inner steps of θ on φ-shaped advantages; φ by the hypergradient every phi_every iterations
+        row: dict[str, Any] = {}
+        io = make_inner_outer(
+            h.sub_dist,
+            prep.sb,
+            prep.pb,
+            _minibatches(batch_size, cfg, device),
+            reward_fn,
+            theta_start=theta,
+            gamma=cfg.gamma,
+            gae_lambda=cfg.gae_lambda,
+            clip_coef=cfg.clip_coef,
+            ent_coef=cfg.ent_coef,
+            norm_adv=cfg.norm_adv,
+            prox=getattr(cfg, "prox", 0.0),
+        )
+        if learn_phi and iteration % cfg.phi_every == 0:
+            out = _outer_step(io, theta, inner_state, phi, outer_state, inner_opt, cfg, task.seed, iteration)
+            timer.mark("hypergrad")
+            if out["ok"]:
+                theta, inner_state, phi, outer_state = (
+                    out["theta"],
+                    out["inner_state"],
+                    out["phi"],
+                    out["outer_state"],
+                )
+            else:  # the whole step is skipped: θ, the inner and the outer optimizer states stay as they were
+                outer_skipped += 1
+            row.update(hypergrad_norm=out["norm"])
+            if cfg.check_every > 0 and iteration % cfg.check_every == 0:
+                row["hypergrad_cosine"] = _live_check(
+                    io,
+                    theta_start=out["theta_start"],
+                    state=out["state_start"],
+                    phi=out["phi_start"],
+                    est=out["grads"],
+                    inner_opt=inner_opt,
+                    cfg=cfg,
+                    seed=task.seed + iteration,
+                )
+        else:
+            theta, inner_state = _plain_inner(io, theta, inner_state, phi, inner_opt, cfg)
+            timer.mark("inner")
+        if learn_phi:
+            row["outer_skipped"] = outer_skipped
+
+        # ---- critics (ordinary steps on detached targets) and manager (PPO on SMDP transitions)
+        ret_w, r_in = parts.shaped_returns(phi, prep, reward_fn, cfg)
+        row["critic_loss"] = parts.update_critics(h, critic_opt, prep, ret_w, cfg)
+        timer.mark("critics")
+        if h.manager is not None:
+            mgr_rows.append(prep.manager_rows)
+            if (iteration + 1) % cfg.manager_every == 0:
+                row.update(parts.update_manager(h, mgr_opt, mgr_rows, cfg))
+                mgr_rows = []
+            timer.mark("manager")
+
+        # ---- log (one host copy), evaluate, checkpoint
+        row.update(_batch_stats(h, batch, prep, r_in, result))
+        row.update(phi_summary(phi, parts.potential_range(phi, prep)) if learn_phi else {})
+        host = _to_host(row)
+        host.update(iteration=iteration + 1, env_steps=env_steps, **timer.splits())
+        host["sps"] = round(batch_size / (time.perf_counter() - t_iter))
+        last = iteration + 1 == num_iterations
+        if last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0):
+            t_eval = time.perf_counter()
+            last_eval = parts.evaluate(h, theta, eval_env, seed=task.seed + 7919 * (iteration + 1))
+            host.update(last_eval, eval_s=time.perf_counter() - t_eval)
+        run.log(host)
+        if run.checkpoint_due() or last:
+            run.save_checkpoint(
+                _checkpoint(
+                    iteration + 1,
+                    env_steps,
+                    theta,
+                    inner_state,
+                    phi,
+                    outer_state,
+                    h,
+                    critic_opt,
+                    mgr_opt,
+                    env,
+                    obs,
+                    carry,
+                    collect,
+                    last_eval,
+                    outer_skipped,
+                    mgr_rows,
+                )
+            )
+
+    summary = {
+        "iterations": run.last_row.get("iteration", start_iteration),
+        **last_eval,
+        "outer_skipped": outer_skipped,
+    }
+    if h.goal is not None:
+        summary["goal_bounds"] = h.goal.source
+    return run.finish(summary)
+
+
+# ---------------------------------------------------------------------------- setup
+def _hierarchy(env, cfg, manager: bool, device) -> Hierarchy:
+    goal = None
+    if manager:
+        try:
+            goal = goal_bounds(env.goal_space, cfg.goal_scale, device)
+        except ValueError as e:
+            raise ConfigError(
+                "env", "an env whose goal space is a 1-D Box", env.goal_space, note=str(e)
+            ) from None
+    return Hierarchy(
+        env.single_observation_space,
+        env.single_action_space,
+        goal,
+        num_subpolicies=getattr(cfg, "num_subpolicies", 1),
+        hidden=cfg.hidden,
+        relative_goals=getattr(cfg, "relative_goals", False),
+        horizon=getattr(cfg, "goal_horizon", 1),
+        tolerance=getattr(cfg, "goal_tolerance", 0.0),
+        norm_obs=cfg.norm_obs,
+        device=device,
+    )
+
+
+def _init_phi(h: Hierarchy, cfg, shaping: str, device) -> dict[str, torch.Tensor]:
+    if shaping == "goal":
+        phi = init_goal_shaping(h.goal_dim, cfg.phi_hidden, device=device)
+    elif shaping == "free":
+        in_dim = 2 * h.sub_in + h.act_dim
+        phi = init_free_shaping(in_dim, cfg.phi_hidden, device=device)
+    else:  # fixed shaping: only β, never updated
+        return {"beta": torch.ones((), device=device)}
+    if getattr(cfg, "meta_ent_coef", False):
+        phi["log_ent_coef"] = torch.full((), math.log(max(cfg.ent_coef, 1e-4)), device=device)
+    if getattr(cfg, "meta_lr", False):
+        phi["log_sub_lr"] = torch.full((), math.log(cfg.sub_lr), device=device)
+    return phi
+
+
+def _minibatches(batch_size: int, cfg, device) -> list[torch.Tensor]:
+    """The row indices of each inner step, drawn here, outside the loss (fresh permutation per pass)."""
+    mb = batch_size // cfg.num_minibatches
+    out = []
+    for t in range(cfg.n_inner):
+        if t % cfg.num_minibatches == 0:
+            perm = torch.randperm(batch_size, device=device)
+        j = t % cfg.num_minibatches
+        out.append(perm[j * mb : (j + 1) * mb])
+    return out
+
+
+# ---------------------------------------------------------------------------- inner / outer
+def _inner_opt_args(inner_opt, cfg) -> dict[str, Any]:
+    if getattr(cfg, "meta_lr", False):  # the engine builds Adam from exp(φ["log_sub_lr"])
+        return {"inner_optimizer": "adam", "inner_lr": lambda p: p["log_sub_lr"].exp()}
+    return {"inner_optimizer": inner_opt, "inner_lr": cfg.sub_lr}
+
+
+def _method_options(cfg, method: str, seed: int) -> dict[str, Any]:
+    return {
+        "unrolled": {},
+        "truncated": {"truncate": cfg.truncate},
+        "cg": {"iters": cfg.cg_iters, "tol": cfg.cg_tol},
+        "neumann": {"terms": cfg.neumann_terms, "alpha": cfg.neumann_alpha or cfg.sub_lr},
+        "es": {"samples": cfg.es_samples, "sigma": cfg.es_sigma, "seed": seed},
+    }[method]
+
+
+def _outer_step(io, theta, inner_state, phi, outer_state, inner_opt, cfg, seed: int, iteration: int) -> dict:
+    """One hypergradient step; ``ok`` False (skip) when the hypergradient or the new θ is not finite."""
+    method = cfg.hypergrad
+    opts = _method_options(cfg, method, seed * 1_000_003 + iteration)
+    if method in ("cg", "neumann"):
+        opts["stationary_loss"] = io.stationary_loss
+        if method == "neumann" and iteration % max(cfg.check_every, 1) == 0:
+            _check_neumann_alpha(io, theta, phi, opts["alpha"], cfg.prox)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteHypergradWarning)  # counted as outer_skipped instead
+        res = hypergrad(
+            io.inner_loss,
+            io.outer_loss,
+            theta,
+            phi,
+            method=method,
+            inner_steps=cfg.n_inner,
+            opt_state=inner_state,
+            on_nonfinite="zero",
+            max_norm=cfg.hypergrad_max_norm,
+            **_inner_opt_args(inner_opt, cfg),
+            **opts,
+        )
+    finite = torch.stack([torch.isfinite(v).all() for v in res.params.values()]).all()
+    ok = (not res.nonfinite) and bool(finite)  # the iteration's one decision on the host
+    new_phi, new_outer = phi, outer_state
+    if ok:
+        new_phi, new_outer = optim.adam(cfg.phi_lr).update(res.grads, outer_state, phi)
+        new_phi = {k: v.detach() for k, v in new_phi.items()}
+    return {
+        "ok": ok,
+        "theta": res.params,
+        "inner_state": res.opt_state,
+        "phi": new_phi,
+        "outer_state": new_outer,
+        "norm": res.grad_norm,
+        "grads": res.grads,
+        "theta_start": theta,
+        "state_start": inner_state,
+        "phi_start": phi,
+    }
+
+
+def _plain_inner(io, theta, inner_state, phi, inner_opt, cfg):
+    """The inner steps without a hypergradient (``hrl``, or between φ updates); skipped if not finite."""
+    opt = inner_opt
+    if getattr(cfg, "meta_lr", False):
+        opt = optim.adam(phi["log_sub_lr"].exp(), eps_root=1e-16)
+    with torch.no_grad():
+        new, state = run_inner(io.inner_loss, opt, theta, inner_state, phi, range(cfg.n_inner))
+    if bool(torch.stack([torch.isfinite(v).all() for v in new.values()]).all()):
+        return {k: v.detach() for k, v in new.items()}, state
+    return theta, inner_state
+
+
+def _live_check(io, *, theta_start, state, phi, est, inner_opt, cfg, seed: int) -> torch.Tensor:
+    """Cosine between the estimator's hypergradient and the exact unrolled one (es for unrolled)."""
+    method = "es" if cfg.hypergrad == "unrolled" else "unrolled"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteHypergradWarning)
+        ref = hypergrad(
+            io.inner_loss,
+            io.outer_loss,
+            theta_start,
+            phi,
+            method=method,
+            inner_steps=cfg.n_inner,
+            opt_state=state,
+            on_nonfinite="zero",
+            **_inner_opt_args(inner_opt, cfg),
+            **_method_options(cfg, method, seed),
+        )
+    return grad_cosine(est, ref.grads)
+
+
+def _check_neumann_alpha(io, theta, phi, alpha: float, prox: float, iters: int = 8) -> None:
+    """Power iteration for ``||H||`` of the stationary loss; warn when ``α >= 2 / (λ + ||H||)``."""
+    hvp = make_hvp(io.stationary_loss, theta, phi)
+    v = {k: torch.randn_like(t) for k, t in theta.items()}
+    norm = torch.zeros(())
+    for _ in range(iters):
+        n = torch.sqrt(sum(x.square().sum() for x in v.values())).clamp_min(1e-30)
+        v = hvp({k: x / n for k, x in v.items()})
+        norm = torch.sqrt(sum(x.square().sum() for x in v.values()))
+    h_norm = float(norm)  # includes λ: the stationary loss holds the proximal term
+    if alpha >= 2.0 / max(h_norm, 1e-30):
+        warnings.warn(
+            f"neumann: alpha={alpha:g} >= 2/(prox + ||H||) = {2.0 / h_norm:.3g} "
+            f"(||H|| ~ {h_norm - prox:.3g}, "
+            f"prox={prox:g}): the Neumann series diverges; lower --nested-hrl.neumann-alpha",
+            RuntimeWarning,
+            stacklevel=2,
+        )

@@ -1,0 +1,402 @@
+"""The pieces of the nested-HRL loop (`hrl_nested.algos.nested_hrl`) that are not the loop itself:
+turning a rollout into the inner/outer problem, the critics' and the manager's ordinary updates, the
+deterministic evaluation and the checkpoint's (de)serialization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, NamedTuple
+
+import torch
+
+import envs
+from hrl_nested.algos.ppo import _success
+from hrl_nested.batch import Batch
+from hrl_nested.hierarchy import Hierarchy
+from hrl_nested.nested_objective import PolicyBatch, ShapingBatch
+from hrl_nested.optim import AdamState, SGDState
+from hrl_nested.ppo_objective import ppo_objective
+from hrl_nested.returns import gae
+from hrl_nested.segments import SMDPTransitions, segment_ends, smdp_gae, smdp_transitions
+from hrl_nested.shaping import fixed_shaping, free_shaping, goal_shaping, potential
+
+
+class Prepared(NamedTuple):
+    """One rollout, ready for the learners (all tensors on the env's device)."""
+
+    sb: ShapingBatch
+    pb: PolicyBatch
+    seg_end: torch.Tensor  # (T, N) the third signal
+    reached: torch.Tensor  # (T, N) subgoal reached
+    smdp: SMDPTransitions | None
+    open_return: torch.Tensor | None  # (N,) running return of the segments still open
+    critic_x: torch.Tensor  # (B, F) critic inputs
+    ret_ext: torch.Tensor  # (B,) V_ext targets
+    manager_rows: dict[str, torch.Tensor] | None
+
+
+def reward_fn_for(kind: str, gamma: float):
+    """``reward_fn(φ, features) -> (T, N)`` for the shaping kind: ``"goal"`` (learned, `goal_shaping`),
+    ``"fixed"`` (HIRO's negative distance, `fixed_shaping`) or ``"free"`` (LIRPG, `free_shaping`)."""
+    if kind == "goal":
+        return lambda phi, f: goal_shaping(
+            phi, f["ag"], f["ag_next"], f["goal"], f["reached"], f["terminal"], gamma, f["scale"]
+        )
+    if kind == "fixed":
+        return lambda phi, f: fixed_shaping(f["ag_next"], f["goal"])
+    if kind == "free":
+        return lambda phi, f: free_shaping(phi, f["x"])
+    raise ValueError(f"shaping kind: expected 'goal', 'fixed' or 'free', got {kind!r}")
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, *x.shape[2:])
+
+
+def _action_features(h: Hierarchy, actions: torch.Tensor) -> torch.Tensor:
+    if h.continuous:
+        return actions.float()
+    return torch.nn.functional.one_hot(actions.long(), h.act_dim).float()
+
+
+@torch.no_grad()
+def prepare(h: Hierarchy, batch: Batch, carry_in: dict[str, Any], stats, cfg, kind: str) -> Prepared:
+    """Segments, shaped-reward inputs, extrinsic advantages and the manager's SMDP transitions of one
+    rollout. ``stats`` are the observation statistics the rollout used; ``carry_in`` the carry it
+    started from (for the running return of a segment open across the boundary)."""
+    c, term, trunc = batch.carry, batch.terminated, batch.truncated
+    x = h.sub_input(batch.obs, c["goal"], stats)
+    x_next = h.sub_input(batch.next_obs, c["goal"], stats)
+    vw, vx = h.critic_values(x, c["k"])
+    vw_n, vx_n = h.critic_values(x_next, c["k"])
+    ag, ag_n = h.achieved_goal(batch.obs), h.achieved_goal(batch.next_obs)
+    smdp = open_return = manager_rows = None
+    if h.manager is not None:
+        ends = segment_ends(c["step"], c["goal"], ag_n, term, trunc, horizon=h.horizon, tolerance=h.tolerance)
+        reached, seg_end = ends.reached, ends.any
+        smdp, open_return = smdp_transitions(
+            batch.rewards, c["step"], seg_end, term, cfg.manager_gamma, carry_in["seg_return"]
+        )
+        manager_rows = _manager_rows(h, batch, smdp, term | trunc, stats, cfg)
+    else:
+        reached, seg_end = torch.zeros_like(term), term | trunc
+    # Subpolicy: reaching its subgoal is terminal; a horizon end or a truncation bootstraps with
+    # V(s', g_old); the segment end cuts the trace, so no advantage crosses a goal change.
+    sub_term = term | reached
+    sub_trunc = (seg_end | trunc) & ~sub_term
+    if kind == "free":
+        feats = {"x": torch.cat([x, _action_features(h, batch.actions), x_next], -1)}
+    else:
+        feats = {"ag": ag, "ag_next": ag_n, "goal": c["goal"], "reached": reached, "terminal": sub_term}
+        feats["scale"] = h.goal.half
+    sb = ShapingBatch(batch.rewards, vw, vw_n, sub_term, sub_trunc, feats)
+    # The extrinsic critic is goal-conditioned too: it bootstraps at every segment end, stops at terminations.
+    adv_ext, ret_ext = gae(
+        batch.rewards, vx, vx_n, term, (seg_end | trunc) & ~term, cfg.gamma, cfg.gae_lambda
+    )
+    rows = (_flat(x), c["k"].reshape(-1))
+    pb = PolicyBatch(rows, _flat(batch.actions), batch.logprobs.reshape(-1), adv_ext.reshape(-1))
+    crit_x = h.critic_input(*rows)
+    return Prepared(sb, pb, seg_end, reached, smdp, open_return, crit_x, ret_ext.reshape(-1), manager_rows)
+
+
+def _manager_rows(
+    h: Hierarchy, batch: Batch, smdp: SMDPTransitions, ep_end, stats, cfg
+) -> dict[str, torch.Tensor]:
+    """The manager's PPO rows on the ``(T, N)`` grid, flattened, with ``weights`` = segment ended there."""
+    c = batch.carry
+    mgr = {k: v.detach() for k, v in h.manager.named_parameters()}
+    _, v_next = h.manager_dist(mgr, h.manager_input(batch.next_obs, stats))
+    adv, ret = smdp_gae(smdp, ep_end, c["m_value"], v_next, cfg.manager_lambda)
+    return {
+        "obs": _flat(h.manager_input(c["start_obs"], stats)),
+        "actions": _flat(c["m_action"]),
+        "logprobs": c["m_logp"].reshape(-1),
+        "values": c["m_value"].reshape(-1),
+        "advantages": adv.reshape(-1),
+        "returns": ret.reshape(-1),
+        "weights": smdp.mask.reshape(-1).float(),
+    }
+
+
+def shaped_returns(phi, prep: Prepared, reward_fn, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(V_w targets (B,), R_φ (T, N))`` with the current φ, detached."""
+    with torch.no_grad():
+        r_in = reward_fn(phi, prep.sb.features)
+        r_w = phi["beta"] * prep.sb.r_ext + r_in
+        _, ret = gae(
+            r_w,
+            prep.sb.values,
+            prep.sb.next_values,
+            prep.sb.terminated,
+            prep.sb.truncated,
+            cfg.gamma,
+            cfg.gae_lambda,
+        )
+    return ret.reshape(-1), r_in
+
+
+def update_critics(
+    h: Hierarchy, opt: torch.optim.Optimizer, prep: Prepared, ret_w: torch.Tensor, cfg
+) -> torch.Tensor:
+    """Ordinary regression steps of ``V_w`` and ``V_ext`` on detached targets; the mean loss."""
+    b = ret_w.shape[0]
+    mb = max(1, b // cfg.num_minibatches)
+    total = torch.zeros((), device=ret_w.device)
+    for _ in range(cfg.critic_epochs):
+        perm = torch.randperm(b, device=ret_w.device)
+        for s in range(0, b, mb):
+            idx = perm[s : s + mb]
+            x = prep.critic_x[idx]
+            loss = 0.5 * (
+                (h.critics["w"](x).squeeze(-1) - ret_w[idx]).square().mean()
+                + (h.critics["ext"](x).squeeze(-1) - prep.ret_ext[idx]).square().mean()
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(h.critics.parameters(), cfg.max_grad_norm)
+            opt.step()
+            total += loss.detach()
+    return total / (cfg.critic_epochs * ((b + mb - 1) // mb))
+
+
+def update_manager(
+    h: Hierarchy, opt: torch.optim.Optimizer, rows: list[dict[str, torch.Tensor]], cfg
+) -> dict:
+    """PPO on the manager's SMDP transitions (masked rows, `ppo_objective` with ``weights``)."""
+    data = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+    b = data["weights"].shape[0]
+    mb = max(1, b // cfg.manager_minibatches)
+    params = dict(h.manager.named_parameters())
+    dist_fn = lambda p, x: h.manager_dist(p, x)  # noqa: E731
+    stats_sum = torch.zeros(5, device=data["weights"].device)
+    for _ in range(cfg.manager_epochs):
+        perm = torch.randperm(b, device=data["weights"].device)
+        for s in range(0, b, mb):
+            idx = perm[s : s + mb]
+            m = {k: v[idx] for k, v in data.items()}
+            w = m.pop("weights")
+            loss, st = ppo_objective(
+                dist_fn,
+                params,
+                m,
+                clip_coef=cfg.clip_coef,
+                vf_coef=0.5,
+                ent_coef=cfg.manager_ent_coef,
+                weights=w,
+            )
+            opt.zero_grad(set_to_none=True)
+            (loss * (w.sum() > 0)).backward()  # an empty minibatch moves nothing, without a host sync
+            torch.nn.utils.clip_grad_norm_(h.manager.parameters(), cfg.max_grad_norm)
+            opt.step()
+            stats_sum += torch.stack(tuple(st)).nan_to_num()
+    n = cfg.manager_epochs * ((b + mb - 1) // mb)
+    names = ("manager_policy_loss", "manager_value_loss", "manager_entropy", "manager_approx_kl")
+    return dict(zip(names, stats_sum[:4] / n)) | {"manager_transitions": data["weights"].sum()}
+
+
+def potential_range(phi, prep: Prepared) -> torch.Tensor | None:
+    """``Φ_φ`` over the batch's achieved goals and subgoals (for the log), or None without a potential."""
+    if "phi.0.weight" not in phi:
+        return None
+    f = prep.sb.features
+    with torch.no_grad():
+        return potential(phi, f["ag"], f["goal"], f["scale"])
+
+
+@torch.inference_mode()
+def evaluate(h: Hierarchy, theta, env, *, seed: int, max_steps: int = 10_000) -> dict[str, float]:
+    """One episode per eval env, deterministic manager and subpolicies; ``eval_return_mean``,
+    ``eval_length_mean`` and, on goal envs, ``eval_success_rate`` (as flat PPO's `evaluate`)."""
+    obs, _ = env.reset(seed=seed)
+    n, device = env.num_envs, env.device
+    params = h.rollout_params(theta, h.stats())
+    step_fn = h.policy_fn(deterministic=True)
+    carry = h.initial_carry(obs)
+    ret = torch.zeros(n, device=device)
+    length = torch.zeros(n, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    success = None
+    check_every = 1 if device.type == "cpu" else 32  # "all done?" is a host sync on a GPU
+    for step in range(env.max_episode_steps or max_steps):
+        out = step_fn(params, obs, carry)
+        action = out.action
+        if h.continuous:
+            action = torch.maximum(torch.minimum(action, h.act_high), h.act_low)
+        obs, reward, terminated, truncated, info = env.step(action)
+        ended = terminated | truncated
+        carry = h.reset_carry(out.carry, ended)
+        ret += torch.where(done, 0.0, reward.to(ret.dtype))
+        length += ~done
+        step_success = _success(env, info)
+        if step_success is not None:
+            success = torch.zeros(n, dtype=torch.bool, device=device) if success is None else success
+            success |= ended & step_success & ~done
+        done |= ended
+        if (step + 1) % check_every == 0 and bool(done.all()):
+            break
+    out = {"eval_return_mean": ret.mean(), "eval_length_mean": length.mean()}
+    if success is not None:
+        out["eval_success_rate"] = success.float().mean()
+    return {k: float(v) for k, v in zip(out, torch.stack(list(out.values())).tolist())}
+
+
+def opt_state_to_dict(state: Any) -> dict[str, Any]:
+    """A functional optimizer's state as plain dicts (a checkpoint loads with ``weights_only=True``)."""
+    if isinstance(state, AdamState):
+        return {"kind": "adam", "count": state.count, "mu": state.mu, "nu": state.nu}
+    if isinstance(state, SGDState):
+        return {"kind": "sgd", "count": state.count, "momentum": state.momentum}
+    raise TypeError(f"optimizer state: expected AdamState or SGDState, got {type(state).__name__}")
+
+
+def opt_state_from_dict(d: dict[str, Any], device: torch.device) -> Any:
+    mv = lambda x: {k: v.to(device) for k, v in x.items()}  # noqa: E731
+    if d["kind"] == "adam":
+        return AdamState(d["count"].to(device), mv(d["mu"]), mv(d["nu"]))
+    return SGDState(d["count"].to(device), mv(d["momentum"]))
+
+
+# ---------------------------------------------------------------------------- logging
+class _Timer:
+    """Wall time per phase (synchronized on CUDA: one sync per phase per iteration, never per step)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.t, self.out = device, time.perf_counter(), {}
+
+    def mark(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.out[f"time_{name}_s"] = self.out.get(f"time_{name}_s", 0.0) + now - self.t
+        self.t = now
+
+    def splits(self) -> dict[str, float]:
+        return {k: round(v, 5) for k, v in self.out.items()}
+
+
+def _batch_stats(h: Hierarchy, batch, prep, r_in, result) -> dict[str, torch.Tensor]:
+    """Device scalars: episode returns, success, rewards, segments, subpolicy usage."""
+    done = batch.terminated | batch.truncated
+    out = {
+        "episodes": result.episode_count.float(),
+        "episode_return_sum": result.episode_return_sum.float(),
+        "r_ext_mean": batch.rewards.float().mean(),
+        "r_in_mean": r_in.float().mean(),
+    }
+    if h.is_dict:  # our goal envs terminate exactly when the goal is reached
+        out["success_rate"] = (batch.terminated & done).sum() / done.sum().clamp_min(1)
+    if prep.smdp is not None:
+        ended = prep.smdp.mask.sum().clamp_min(1)
+        out["subgoal_reached_rate"] = (prep.reached & prep.seg_end).sum() / ended
+        out["segment_length_mean"] = prep.smdp.length.sum() / ended
+        for j in range(h.K if h.K > 1 else 0):
+            out[f"subpolicy_usage_{j}"] = (batch.carry["k"] == j).float().mean()
+    return out
+
+
+def _to_host(row: dict[str, Any]) -> dict[str, Any]:
+    """All device scalars of a row in one host copy."""
+    keys = [k for k, v in row.items() if isinstance(v, torch.Tensor)]
+    values = torch.stack([row[k].detach().float().reshape(()) for k in keys]).tolist() if keys else []
+    out = {k: v for k, v in row.items() if not isinstance(v, torch.Tensor)}
+    out.update(zip(keys, values))
+    if "episode_return_sum" in out:
+        count, total = out.pop("episodes"), out.pop("episode_return_sum")
+        out["episodes"] = int(count)
+        if count > 0:
+            out["episode_return_mean"] = total / count
+    return out
+
+
+# ---------------------------------------------------------------------------- checkpoints
+_REQUIRED = (
+    "iteration",
+    "env_steps",
+    "theta",
+    "inner_state",
+    "phi",
+    "outer_state",
+    "critics",
+    "critic_opt",
+    "manager",
+    "manager_opt",
+    "obs_norm",
+    "env",
+    "obs",
+    "carry",
+    "rollout",
+    "outer_skipped",
+    "mgr_rows",
+    "rng",
+)
+
+
+def _checkpoint(
+    iteration,
+    env_steps,
+    theta,
+    inner_state,
+    phi,
+    outer_state,
+    h,
+    critic_opt,
+    mgr_opt,
+    env,
+    obs,
+    carry,
+    collect,
+    last_eval,
+    outer_skipped,
+    mgr_rows,
+) -> dict[str, Any]:
+    has_state = envs.supports_state(env)
+    return {
+        "iteration": iteration,
+        "env_steps": env_steps,
+        "theta": theta,
+        "inner_state": opt_state_to_dict(inner_state),
+        "phi": phi,
+        "outer_state": opt_state_to_dict(outer_state),
+        "critics": h.critics.state_dict(),
+        "critic_opt": critic_opt.state_dict(),
+        "manager": None if h.manager is None else h.manager.state_dict(),
+        "manager_opt": None if mgr_opt is None else mgr_opt.state_dict(),
+        "obs_norm": None if h.rms is None else h.rms.state_dict(),
+        "env": dataclasses.asdict(env.get_state()) if has_state else None,
+        "obs": obs if has_state else None,
+        "carry": carry if has_state else None,
+        "rollout": collect.state_dict(),
+        "last_eval": last_eval,
+        "outer_skipped": outer_skipped,
+        "mgr_rows": mgr_rows,
+    }
+
+
+def _restore(st, h: Hierarchy, critic_opt, mgr_opt, device):
+    if (h.rms is None) != (st["obs_norm"] is None):
+        raise ValueError(
+            f"saved with norm_obs={st['obs_norm'] is not None}, this run has norm_obs={h.rms is not None}"
+        )
+    theta = {k: v.to(device) for k, v in st["theta"].items()}
+    if set(theta) != set(h.theta0) or any(theta[k].shape != h.theta0[k].shape for k in theta):
+        raise ValueError("the subpolicies' parameters have other names or shapes")
+    phi = {k: v.to(device) for k, v in st["phi"].items()}
+    h.critics.load_state_dict(st["critics"])
+    critic_opt.load_state_dict(st["critic_opt"])
+    if h.manager is not None:
+        h.manager.load_state_dict(st["manager"])
+        mgr_opt.load_state_dict(st["manager_opt"])
+    if h.rms is not None:
+        h.rms.load_state_dict(st["obs_norm"])
+    inner = opt_state_from_dict(st["inner_state"], device)
+    outer = opt_state_from_dict(st["outer_state"], device)
+    return theta, inner, phi, outer
+
+
+def _to(x: Any, device) -> Any:
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x.to(device) if isinstance(x, torch.Tensor) else x

@@ -1,0 +1,162 @@
+"""The PPO objective as a pure function of a parameter dict and a minibatch.
+
+One implementation, used by flat PPO (`hrl_nested.algos.ppo`), by the subpolicies' differentiable
+inner loop and by the manager of nested HRL (`hrl_nested.algos.nested_hrl`). It holds no module
+state and no config object: the network enters as ``dist_fn(params, obs) -> (distribution, value)``,
+the coefficients as arguments (floats, or tensors when they are meta-learned), and the statistics come
+back by name (`PPOStats`), not as a positional vector.
+
+Schulman et al. 2017, "Proximal policy optimization algorithms"; the implementation details of Huang
+et al. 2022, "The 37 implementation details of PPO" (per-minibatch advantage normalization, optional
+clipped value loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+
+from hrl_nested.losses import approx_kl, clip_fraction, entropy_loss, ppo_clip_loss, value_loss
+
+Scalar = float | torch.Tensor
+DistFn = Callable[[Mapping[str, torch.Tensor], Any], tuple[Any, torch.Tensor | None]]
+
+__all__ = ["PPOStats", "normalize_advantages", "ppo_objective"]
+
+_MB_KEYS = ("obs", "actions", "logprobs", "advantages")
+
+
+class PPOStats(NamedTuple):
+    """Detached statistics of one evaluation of `ppo_objective` (scalar tensors, no host copy).
+
+    Attributes:
+        policy_loss: the clipped surrogate loss ``L_clip``.
+        value_loss: ``L_V`` (0 when the objective has no critic).
+        entropy: mean entropy of the current policy.
+        approx_kl: ``mean((rho - 1) - log rho)``, an estimate of ``KL(pi_old || pi)``.
+        clip_fraction: fraction of samples whose ratio left ``[1 - eps, 1 + eps]``.
+    """
+
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy: torch.Tensor
+    approx_kl: torch.Tensor
+    clip_fraction: torch.Tensor
+
+
+def _wmean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    return x.mean() if w is None else (x * w).sum() / w.sum().clamp_min(1e-8)
+
+
+def normalize_advantages(adv: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``(A - mean A) / (std A + 1e-8)``; with ``weights`` (a 0/1 mask), the weighted mean and std.
+
+    Unweighted, this is exactly flat PPO's normalization (``Tensor.std``, Bessel-corrected); weighted,
+    ``std = sqrt(sum w (A - m)^2 / (sum w - 1))`` over the rows with weight, for masked batches whose
+    padding must not move the statistics (the manager's SMDP transitions in a ``(T, N)`` grid).
+
+    >>> normalize_advantages(torch.tensor([1.0, 3.0])).tolist()  # std of [1, 3] is sqrt(2)
+    [-0.7071067..., 0.7071067...]
+    """
+    if weights is None:
+        return (adv - adv.mean()) / (adv.std() + 1e-8)
+    n = weights.sum()
+    mean = (adv * weights).sum() / n.clamp_min(1e-8)
+    var = ((adv - mean).square() * weights).sum() / (n - 1.0).clamp_min(1.0)
+    return (adv - mean) / (var.sqrt() + 1e-8)
+
+
+def ppo_objective(
+    dist_fn: DistFn,
+    params: Mapping[str, torch.Tensor],
+    mb: Mapping[str, Any],
+    *,
+    clip_coef: Scalar,
+    vf_coef: Scalar = 0.5,
+    ent_coef: Scalar = 0.0,
+    norm_adv: bool = True,
+    clip_vloss: bool = False,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, PPOStats]:
+    """The PPO loss ``L = L_clip + vf_coef * L_V - ent_coef * H`` on one minibatch, and its statistics.
+
+    .. math::
+
+        L_\\text{clip} = -\\operatorname{mean} \\min(\\rho \\hat A, \\operatorname{clip}(\\rho, 1 - \\epsilon,
+        1 + \\epsilon) \\hat A), \\quad \\rho = \\exp(\\log \\pi_\\theta(a|s) - \\log \\pi_\\text{old}(a|s)),
+        \\quad \\hat A = \\frac{A - \\operatorname{mean} A}{\\operatorname{std} A + 10^{-8}}
+
+    Differentiable in ``params`` and in ``mb["advantages"]`` (shaped advantages carry a meta-gradient)
+    and in tensor coefficients (a meta-learned ``ent_coef``).
+
+    Args:
+        dist_fn: ``dist_fn(params, obs) -> (distribution, value)``: the action distribution (with
+            ``log_prob`` and ``entropy``) and ``V(obs)``, or None for an actor without a critic here.
+        params: the parameter dict (learnable tensors only; observation statistics belong in
+            ``dist_fn``'s closure or inputs, not here).
+        mb: ``obs``, ``actions``, ``logprobs`` (behaviour policy), ``advantages``; with a critic also
+            ``values`` (behaviour critic) and ``returns`` (value targets).
+        clip_coef: the surrogate's ``epsilon`` (and the value clip range with ``clip_vloss``).
+        vf_coef: value-loss coefficient (ignored without a critic).
+        ent_coef: entropy-bonus coefficient.
+        norm_adv: normalize the advantages within this minibatch.
+        clip_vloss: PPO2's clipped value loss around ``mb["values"]``.
+        weights: optional ``0/1`` mask of the minibatch's rows (same shape as the advantages): every
+            mean becomes a weighted mean, so padded rows count for nothing.
+
+    Returns:
+        ``(loss, stats)``: the scalar to minimize and the detached `PPOStats`.
+
+    >>> from hrl_nested.distributions import Categorical
+    >>> fn = lambda p, obs: (Categorical(p["logits"].expand(obs.shape[0], 2)), None)
+    >>> mb = {"obs": torch.zeros(2, 1), "actions": torch.tensor([0, 1]),
+    ...       "logprobs": torch.full((2,), -0.6931), "advantages": torch.tensor([1.0, -1.0])}
+    >>> loss, stats = ppo_objective(fn, {"logits": torch.zeros(2)}, mb, clip_coef=0.2, norm_adv=False)
+    >>> round(stats.policy_loss.item(), 4)  # ratio 1: -mean(A)
+    -0.0
+    """
+    missing = [k for k in _MB_KEYS if k not in mb]
+    if missing:
+        raise ValueError(f"mb: expected keys {list(_MB_KEYS)}, missing {missing} (got {sorted(mb)})")
+    dist, v = dist_fn(params, mb["obs"])
+    logp = dist.log_prob(mb["actions"])
+    old_logp, adv = mb["logprobs"], mb["advantages"]
+    if weights is not None and tuple(weights.shape) != tuple(adv.shape):
+        raise ValueError(
+            f"weights: expected shape {tuple(adv.shape)} like advantages, got {tuple(weights.shape)}"
+        )
+    if norm_adv:
+        adv = normalize_advantages(adv, weights)
+    if weights is None:
+        pg_loss = ppo_clip_loss(logp, old_logp, adv, clip_coef)
+    else:  # the same surrogate, averaged over the rows with weight
+        ratio = (logp - old_logp).exp()
+        surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * adv)
+        pg_loss = -_wmean(surr, weights)
+    ent = _wmean(dist.entropy(), weights)
+    if v is not None:
+        vclip = clip_coef if clip_vloss else None
+        if weights is None:
+            v_loss = value_loss(v, mb["values"], mb["returns"], vclip)
+        else:
+            per_row = (v - mb["returns"]).square()
+            if vclip is not None:
+                v_clipped = mb["values"] + (v - mb["values"]).clamp(-vclip, vclip)
+                per_row = torch.maximum(per_row, (v_clipped - mb["returns"]).square())
+            v_loss = 0.5 * _wmean(per_row, weights)
+        # The same order of operations as flat PPO always had: its results stay bit for bit.
+        loss = pg_loss + vf_coef * v_loss + ent_coef * entropy_loss(ent)
+    else:
+        v_loss = torch.zeros((), dtype=pg_loss.dtype, device=pg_loss.device)
+        loss = pg_loss + ent_coef * entropy_loss(ent)
+    with torch.no_grad():
+        if weights is None:
+            kl, clipfrac = approx_kl(logp, old_logp), clip_fraction(logp, old_logp, clip_coef)
+        else:
+            log_ratio = logp - old_logp
+            kl = _wmean(log_ratio.exp() - 1.0 - log_ratio, weights)
+            clipfrac = _wmean(((log_ratio.exp() - 1.0).abs() > clip_coef).to(logp.dtype), weights)
+        stats = PPOStats(pg_loss.detach(), v_loss.detach(), ent.detach(), kl, clipfrac)
+    return loss, stats
