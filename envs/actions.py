@@ -241,9 +241,9 @@ class ActionRule:
             return
         got = self.first[ids[:_SHOWN]].tolist()
         self.seen.zero_()
-        more = f", ... ({len(ids) - _SHOWN} more)" if len(ids) > _SHOWN else ""
+        more = f" (and {len(ids) - _SHOWN} more)" if len(ids) > _SHOWN else ""
         raise ValueError(
-            f"actions: envs {ids[:_SHOWN]}{more} got {', '.join(str(g) for g in got)}{more} (the first "
+            f"actions: envs {ids[:_SHOWN]}{more} got {', '.join(str(g) for g in got)} (the first "
             f"invalid action of each, recorded on {self.device} by a CUDA or compiled step with "
             f"validate=True); expected {self.expected()}. Those steps ran with the actions sanitised "
             f"as with validate=False."

@@ -16,6 +16,15 @@ Any other space (``Text``, ``Graph``, ``Sequence``, MiniGrid's ``mission``) rais
 naming it, its key, and the way out: a Gymnasium wrapper that drops or encodes it, passed with
 ``wrappers=[...]``.
 
+Actions follow the rule of every env (`envs.actions`, the same `ActionRule`): with ``validate=False``
+an out-of-range ``Discrete`` action is clamped and a NaN ``Box`` coordinate becomes the env's
+``neutral_action`` (the middle of the bounds unless the wrapped env declares a ``neutral_action``
+attribute) before every ``Box`` coordinate is clamped into the bounds (a wrapped env that clips
+out-of-bounds actions itself may declare ``clip_actions = True``); with ``validate=True`` an invalid
+action raises at once, before the simulator sees it: the adapter copies actions to the host anyway, so
+it never defers a check and `GymnasiumVectorAdapter.raise_pending` is a no-op. Seeds are checked as a
+`TorchVectorEnv` checks them (`envs.core.check_seed`).
+
 The adapter is a `gymnasium.vector.VectorEnv`, not a `TorchVectorEnv`: the latter is built from
 tensor hooks, while here the dynamics live in the wrapped simulator. Hence there is no
 ``get_state`` / ``set_state`` (``supports_state`` is False, see `supports_state`): a learner runs it
@@ -33,7 +42,8 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 
-from envs.core import GoalAccess, TorchVectorEnv, parse_autoreset_mode
+from envs.actions import ActionRule
+from envs.core import GoalAccess, TorchVectorEnv, check_seed, parse_autoreset_mode
 
 _SUPPORTED = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict / Tuple of these"
 Wrapper = Callable[[gym.Env], gym.Env]
@@ -84,7 +94,9 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
             SAME_STEP in ``metadata["autoreset_mode"]``.
         device: torch device of every tensor in and out.
         dtype: float dtype of floating-point observations and of rewards.
-        validate: check action values (Discrete range, Box NaN/inf) before they reach the simulator.
+        validate: what an invalid action does, as in `TorchVectorEnv` (`envs.actions`): ``True`` raises
+            ``ValueError`` at once (``Box`` actions must then have ``dtype``); ``False`` sanitises it
+            (``Discrete`` clamped, ``Box`` NaN -> ``neutral_action``, then clamped into the bounds).
         max_episode_steps: the time limit, if known (`from_id` and `from_creator` fill it in).
 
     >>> import envs
@@ -132,6 +144,16 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.single_action_space = vector_env.single_action_space
         self.action_space = vector_env.action_space
+        # The wrapped env's own declarations of the rule (as TorchVectorEnv's class attributes).
+        inner = vector_env.envs[0].unwrapped if getattr(vector_env, "envs", None) else vector_env
+        self._action_rules = _action_rules(
+            self.single_action_space,
+            "actions",
+            self.num_envs,
+            dtype,
+            getattr(inner, "clip_actions", False),
+            getattr(inner, "neutral_action", None),
+        )
 
     # ---------------------------------------------------------------- constructors
     @classmethod
@@ -155,7 +177,10 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
         through it: a `TorchVectorEnv` (a user's own, registered under any namespace) is returned as
         it is, a numpy vector env is wrapped (and must declare the autoreset mode asked for).
         """
+        from envs.registration import resolve_version
+
         mode = parse_autoreset_mode(autoreset_mode)
+        id = resolve_version(id)  # an id without a version: its latest, as gymnasium.make does
         try:
             spec = gym.spec(id)
         except gym.error.Error as e:
@@ -251,8 +276,21 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
-        """Reset all envs (or those in ``options["reset_mask"]``, a bool tensor or array)."""
+        """Reset all envs (or those in ``options["reset_mask"]``, a bool tensor or array).
+
+        ``seed``: as for `TorchVectorEnv` (an int in ``[0, 2**64)``, a list of N such ints, or None;
+        anything else raises ``ValueError``); Gymnasium seeds env ``i`` with ``seed + i``.
+        ``options["env_index"]`` raises ``ValueError``: the wrapped envs draw from their simulators' own
+        generators, which have no stream index to set; pass per-env seeds instead.
+        """
+        seed = check_seed(seed, self.num_envs)
         options = dict(options or {})
+        if "env_index" in options:
+            raise ValueError(
+                f"options['env_index']: expected no env_index for a GymnasiumVectorAdapter (its envs draw "
+                f"from the wrapped simulators' own generators, not counter-based streams with an index), "
+                f"got {options['env_index']!r}; pass per-env seeds (seed=[...]) instead"
+            )
         if "reset_mask" in options:
             mask = options["reset_mask"]
             if isinstance(mask, torch.Tensor):
@@ -277,6 +315,10 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
             torch.as_tensor(np.asarray(truncated, dtype=np.bool_)).to(self.device),
             info_t,
         )
+
+    def raise_pending(self) -> None:
+        """A no-op, for the interface of `TorchVectorEnv`: the adapter checks actions in ``step`` itself
+        (they go to the host for the simulator anyway), so it never has deferred invalid actions."""
 
     def compute_reward(self, achieved_goal: Any, desired_goal: Any, info: Any = None) -> torch.Tensor:
         """The wrapped goal env's ``compute_reward`` on tensors (batched over the leading dims)."""
@@ -385,31 +427,48 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
         if isinstance(a, torch.Tensor):
             if a.device != self.device:
                 raise ValueError(f"{name}: expected a tensor on {self.device}, got one on {a.device}")
-            a = a.detach().cpu().numpy()
-        arr = np.asarray(a)
+            a = a.detach().cpu()
+        rule = self._action_rules.get(name)
+        if rule is not None:  # Discrete and floating-point Box: the rule of every env (envs.actions)
+            t = rule.check(a, self.validate)
+            if self.validate:
+                rule.check_now(t)
+            else:
+                t = rule.sanitize(t)
+            return t.numpy().astype(space.dtype, copy=False)
+        arr = np.asarray(a.numpy() if isinstance(a, torch.Tensor) else a)
         expected = (self.num_envs, *space.shape)
         if arr.shape != expected:
             raise ValueError(f"{name}: expected shape {expected} (num_envs x single action), got {arr.shape}")
-        if isinstance(space, gym.spaces.Box):
-            if not np.issubdtype(arr.dtype, np.floating) and np.issubdtype(space.dtype, np.floating):
-                raise ValueError(f"{name}: expected a floating-point tensor for {space}, got {arr.dtype}")
-            if self.validate and not np.isfinite(arr).all():
-                raise ValueError(f"{name}: expected finite values for {space}, got NaN/inf")
-        elif (
+        if not isinstance(space, gym.spaces.Box) and (
             np.issubdtype(arr.dtype, np.floating)
-            or arr.dtype == np.bool_
-            and not isinstance(space, gym.spaces.MultiBinary)
+            or (arr.dtype == np.bool_ and not isinstance(space, gym.spaces.MultiBinary))
         ):
             raise ValueError(f"{name}: expected an integer tensor for {space}, got {arr.dtype}")
-        if self.validate and isinstance(space, gym.spaces.Discrete):
-            lo, hi = int(space.start), int(space.start + space.n)
-            bad = (arr < lo) | (arr >= hi)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise ValueError(
-                    f"{name}: expected integers in [{lo}, {hi}) for {space}, got {arr[i]} at env {i}"
-                )
         return arr.astype(space.dtype, copy=False)
+
+
+def _action_rules(
+    space: gym.Space, name: str, num_envs: int, dtype: torch.dtype, clip: bool, neutral: Any
+) -> dict[str, ActionRule]:
+    """One `ActionRule` (on the CPU, where the simulator's actions go) per ``Discrete`` or floating-point
+    ``Box`` action space, keyed by its name in error messages (``actions``, ``actions['move']``).
+
+    The wrapped env's ``clip_actions`` / ``neutral_action`` apply to a top-level space only.
+    """
+    if isinstance(space, gym.spaces.Dict):
+        subs = [(f"{name}[{k!r}]", s) for k, s in space.spaces.items()]
+    elif isinstance(space, gym.spaces.Tuple):
+        subs = [(f"{name}[{i}]", s) for i, s in enumerate(space.spaces)]
+    else:
+        box = isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.floating)
+        if not (box or isinstance(space, gym.spaces.Discrete)):
+            return {}  # MultiDiscrete, MultiBinary, integer Box: shape and dtype checks only
+        return {name: ActionRule(space, num_envs, dtype, torch.device("cpu"), clip, neutral)}
+    out: dict[str, ActionRule] = {}
+    for sub_name, sub in subs:
+        out.update(_action_rules(sub, sub_name, num_envs, dtype, False, None))
+    return out
 
 
 def supports_state(env: Any) -> bool:

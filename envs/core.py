@@ -39,7 +39,7 @@ from envs.actions import ActionRule
 from envs.fused import RESET_STREAM, CompiledStep, Obs, _contiguous, _where, fused_step
 from envs.rng import Draw
 
-__all__ = ["Draw", "EnvState", "Obs", "TorchVectorEnv", "parse_autoreset_mode"]
+__all__ = ["Draw", "EnvState", "Obs", "TorchVectorEnv", "check_seed", "parse_autoreset_mode"]
 
 # Attributes assigned after construction that the step itself does not read (the env's own
 # bookkeeping); assigning any other attribute tells a compiled step that the configuration may have
@@ -116,6 +116,38 @@ def _new_buffer(v: torch.Tensor) -> torch.Tensor:
     if v.dim() == 2 and v.shape[1] > 1:
         return v.t().contiguous().t()
     return v.contiguous().clone()
+
+
+def check_seed(seed: Any, num_envs: int) -> int | list[int] | None:
+    """A reset seed, validated: None, an int in ``[0, 2**64)`` or a list of ``num_envs`` such ints.
+
+    Philox's whole 64-bit key is the seed, so no two seeds in range share one. NumPy / torch integer
+    scalars and 0-d tensors count as ints; ``bool``, floats, strings and out-of-range values raise
+    ``ValueError``. Returns a Python int or list of ints (None stays None). Shared by `TorchVectorEnv`
+    and the Gymnasium adapter, so that both accept exactly the same seeds.
+
+    >>> check_seed(np.int64(3), 2), check_seed([1, 2], 2)
+    (3, [1, 2])
+    """
+    if seed is None:
+        return None
+    expected = f"an int in [0, 2**64), None or a list of {num_envs} such ints"
+    if isinstance(seed, torch.Tensor | np.ndarray) and seed.ndim == 0:
+        seed = seed.item()
+
+    def ok(s: Any) -> bool:
+        return isinstance(s, int | np.integer) and not isinstance(s, bool | np.bool_) and 0 <= s < 2**64
+
+    if isinstance(seed, int | np.integer | bool | np.bool_):
+        if not ok(seed):
+            raise ValueError(f"seed: expected {expected}, got {seed!r}")
+        return int(seed)
+    if isinstance(seed, float | str | bytes) or not hasattr(seed, "__len__"):
+        raise ValueError(f"seed: expected {expected}, got {type(seed).__name__} {seed!r}")
+    seeds = [s.item() if isinstance(s, np.generic | torch.Tensor) and s.ndim == 0 else s for s in seed]
+    if len(seeds) != num_envs or not all(ok(s) for s in seeds):
+        raise ValueError(f"seed: expected {expected}, got {seed!r}")
+    return [int(s) for s in seeds]
 
 
 class GoalAccess:
@@ -221,8 +253,9 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         self.action_space = batch_space(single_action_space, self.num_envs)
 
         n, dev = self.num_envs, self.device
-        self._env_index = torch.arange(n, device=dev, dtype=torch.int64)
-        self._rng_key = rng.seed_keys(torch.zeros(n, dtype=torch.int64, device=dev), self._env_index)
+        index = torch.arange(n, device=dev, dtype=torch.int64)
+        # The stream indices live only in the key (words 2, 3): restored with it by set_state.
+        self._rng_key = rng.seed_keys(torch.zeros(n, dtype=torch.int64, device=dev), index)
         self._rng_counter = torch.zeros(n, 2, dtype=torch.int64, device=dev)
         self._elapsed = torch.zeros(n, dtype=torch.int64, device=dev)
         self._needs_reset = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -280,7 +313,9 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
                 position, so that one batch can hold the envs of several runs: env ``k`` reset with
                 ``seed=s, options={"env_index": [..., j, ...]}`` (``j`` at position ``k``) draws exactly
                 what env ``j`` of a batch reset with ``seed=s`` draws. The index stays with the env
-                until the next ``env_index``; with ``seed=None`` the envs keep their current seeds.
+                (it is part of the env's key, so ``get_state`` / ``set_state`` carry it) until the next
+                ``env_index``: a later ``reset(seed=s2)`` draws what env ``j`` of a batch reset with
+                ``seed=s2`` draws. With ``seed=None`` the envs keep their current seeds.
                 Reseeding or a new index restarts the env's counter.
         """
         self.raise_pending()  # invalid actions of earlier deferred-check steps surface here
@@ -304,8 +339,10 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
             seed = int(np.random.SeedSequence().entropy % (2**64))
         if seed is not None or env_index is not None:
             words = self._rng_key[:, :2] if seed is None else self._seed_words(seed)
-            index = self._env_index if env_index is None else self._env_index_tensor(env_index)
-            keys = rng.seed_keys(words, index)
+            if env_index is None:  # each env keeps the index it has (its key's words 2, 3)
+                keys = torch.cat((words, self._rng_key[:, 2:]), -1)
+            else:
+                keys = rng.seed_keys(words, self._env_index_tensor(env_index))
             self._rng_key.copy_(torch.where(mask.unsqueeze(1), keys, self._rng_key))
             self._rng_counter.masked_fill_(mask.unsqueeze(1), 0)
             self._seeded = True
@@ -351,6 +388,11 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         Raises first the invalid actions recorded by deferred checks, if any (see `raise_pending`).
         """
         self.raise_pending()
+        return self._state()
+
+    def _state(self) -> EnvState:
+        """`get_state` without raising recorded invalid actions: for internal copies (the compiled
+        step's verification) that must leave them for the user's next sync point."""
         return EnvState(
             vars={k: v.clone() for k, v in self._vars.items()},
             elapsed=self._elapsed.clone(),
@@ -436,28 +478,10 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         return rule.sanitize(a)
 
     def _seed_words(self, seed: int | list[int]) -> torch.Tensor:
-        """int64 ``(N, 2)`` 32-bit words ``(lo, hi)`` of an int seed or a list of N seeds, each in
-        ``[0, 2**64)`` (Philox's whole 64-bit key: no two seeds share one)."""
-        expected = f"an int in [0, 2**64), None or a list of {self.num_envs} such ints"
-        if isinstance(seed, torch.Tensor | np.ndarray) and seed.ndim == 0:
-            seed = seed.item()
-
-        def ok(s: Any) -> bool:
-            return isinstance(s, int | np.integer) and not isinstance(s, bool | np.bool_) and 0 <= s < 2**64
-
-        if isinstance(seed, int | np.integer | bool | np.bool_):
-            if not ok(seed):
-                raise ValueError(f"seed: expected {expected}, got {seed!r}")
-            seeds = [int(seed)] * self.num_envs
-        else:
-            if isinstance(seed, float | str | bytes) or not hasattr(seed, "__len__"):
-                raise ValueError(f"seed: expected {expected}, got {type(seed).__name__} {seed!r}")
-            seeds = [
-                s.item() if isinstance(s, np.generic | torch.Tensor) and s.ndim == 0 else s for s in seed
-            ]
-            if len(seeds) != self.num_envs or not all(ok(s) for s in seeds):
-                raise ValueError(f"seed: expected {expected}, got {seed!r}")
-        words = [(int(s) & 0xFFFFFFFF, int(s) >> 32) for s in seeds]
+        """int64 ``(N, 2)`` 32-bit words ``(lo, hi)`` of an int seed or a list of N seeds (`check_seed`)."""
+        seeds = check_seed(seed, self.num_envs)
+        seeds = [seeds] * self.num_envs if isinstance(seeds, int) else seeds
+        words = [(s & 0xFFFFFFFF, s >> 32) for s in seeds]
         return torch.tensor(words, dtype=torch.int64, device=self.device)
 
     def _env_index_tensor(self, env_index: Any) -> torch.Tensor:

@@ -301,14 +301,9 @@ class CompiledStep:
 
 
 def _snapshot(env: Any) -> Any:
-    """``env.get_state()`` as an internal copy: it leaves recorded invalid actions for the user's next
-    sync point (`TorchVectorEnv.raise_pending`) instead of raising them in the middle of a compile."""
-    rule = env._action_rule
-    used, rule.used = rule.used, False
-    try:
-        return env.get_state()
-    finally:
-        rule.used = used
+    """``env._state()``: a copy that leaves recorded invalid actions for the user's next sync point
+    (`TorchVectorEnv.raise_pending`) instead of raising them in the middle of a compile."""
+    return env._state()
 
 
 def _probe_state(env: Any, state: Any) -> Any:

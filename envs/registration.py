@@ -40,6 +40,31 @@ def register_envs() -> None:
         )
 
 
+def resolve_version(id: str) -> str:
+    """The registered id that ``gymnasium.make(id)`` makes: ``id`` itself, or for an id without a
+    version (``"CartPole"``, ``"hrl_nested/CartPole"``) its highest registered version, with
+    Gymnasium's warning. An id that matches nothing is returned unchanged (the caller reports it).
+
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     resolve_version("CartPole")
+    'CartPole-v1'
+    """
+    try:
+        ns, name, version = gym.envs.registration.parse_env_id(id)
+    except gym.error.Error:
+        return id
+    latest = gym.envs.registration.find_highest_version(ns, name)
+    if version is not None or latest is None:
+        return id
+    versioned = gym.envs.registration.get_env_id(ns, name, latest)
+    gym.logger.warn(  # Gymnasium's own words (gymnasium.make warns the same way)
+        f"Using the latest versioned environment `{versioned}` instead of the unversioned environment `{id}`."
+    )
+    return versioned
+
+
 def resolve_colon_id(id: str) -> tuple[str | None, Any]:
     """Read ``"module:name"`` the way it resolves: ``(env_id, None)`` or ``(None, creator)``.
 
@@ -58,8 +83,9 @@ def resolve_colon_id(id: str) -> tuple[str | None, Any]:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ValueError(f"id {id!r}: cannot import module {module_name!r} ({e})") from None
-    if name in gym.registry:
-        return name, None
+    env_id = resolve_version(name)
+    if env_id in gym.registry:
+        return env_id, None
     creator: Any = module
     try:
         for part in name.split("."):
@@ -74,13 +100,12 @@ def resolve_colon_id(id: str) -> tuple[str | None, Any]:
     return None, creator
 
 
-def make(
-    id: str, num_envs: int = 1, *, device: torch.device | str = "cpu", **kwargs: Any
-) -> TorchVectorEnv:
+def make(id: str, num_envs: int = 1, *, device: torch.device | str = "cpu", **kwargs: Any) -> TorchVectorEnv:
     """Make a batched torch environment.
 
     Args:
-        id: an `hrl_nested/...` id, any registered Gymnasium id (wrapped into the torch interface),
+        id: an `hrl_nested/...` id, any registered Gymnasium id (wrapped into the torch interface;
+            without a version, its highest registered version, as ``gymnasium.make`` resolves it),
             Gymnasium's ``"module:EnvId"`` (imports ``module``, which registers ``EnvId``, as
             ``gymnasium.make`` does), or an entry point ``"package.module:ClassName"`` naming a
             `TorchVectorEnv` subclass (or a ``gym.Env`` subclass or factory, wrapped); see
@@ -106,12 +131,15 @@ def make(
         from envs.adapter import GymnasiumVectorAdapter
 
         return GymnasiumVectorAdapter.from_creator(creator, num_envs=num_envs, device=device, **kwargs)
+    id = resolve_version(id)  # "CartPole" -> "CartPole-v1", as gymnasium.make does
     try:
         spec = gym.spec(id)
     except gym.error.Error as e:
         raise ValueError(f"id: {id!r} is not a registered Gymnasium id ({e})") from None
-    if spec.vector_entry_point is not None and isinstance(spec.vector_entry_point, str) and (
-        spec.vector_entry_point.startswith("envs.") or id.startswith(f"{NAMESPACE}/")
+    if (
+        spec.vector_entry_point is not None
+        and isinstance(spec.vector_entry_point, str)
+        and (spec.vector_entry_point.startswith("envs.") or id.startswith(f"{NAMESPACE}/"))
     ):
         env = gym.make_vec(id, num_envs=num_envs, device=device, **kwargs)
         if not isinstance(env, TorchVectorEnv):

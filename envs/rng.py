@@ -66,27 +66,10 @@ def _eager_cpu(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def _philox_pairs(e: torch.Tensor, o: torch.Tensor, k: torch.Tensor, rounds: int) -> torch.Tensor:
-    """Philox-4x32 on words held in pairs: ``e = (c0, c2)``, ``o = (c1, c3)``, ``k = (k0, k1)``, each
-    ``(2, *S)`` (broadcast); returns int64 ``(*S, 4)``.
-
-    Eager on CPU it runs `_philox_numpy` (the same bits; see there why); on any other device and under
-    ``torch.compile`` (hence inside CUDA graphs) `_philox_pairs_torch`.
-    """
-    if not _eager_cpu(e):
-        return _philox_pairs_torch(e, o, k, rounds)
-    shape = np.broadcast_shapes(tuple(e.shape), tuple(o.shape), tuple(k.shape))
-    en, on, kn = (
-        np.ascontiguousarray(np.broadcast_to(t.numpy(), shape), dtype=np.uint64).reshape(2, -1)
-        for t in (e, o, k)
-    )
-    en, on = _philox_numpy(en, on, kn, rounds)
-    out = np.stack((en[0], on[0], en[1], on[1]), -1).astype(np.int64)
-    return torch.from_numpy(out.reshape(*shape[1:], 4))
-
-
 def _philox_pairs_torch(e: torch.Tensor, o: torch.Tensor, k: torch.Tensor, rounds: int) -> torch.Tensor:
-    """`_philox_pairs` in int64 tensor ops: the same code on every backend and under ``torch.compile``.
+    """Philox-4x32 on words held in pairs: ``e = (c0, c2)``, ``o = (c1, c3)``, ``k = (k0, k1)``, each
+    ``(2, *S)`` (broadcast); returns int64 ``(*S, 4)``. In int64 tensor ops: the same code on every
+    backend and under ``torch.compile`` (hence inside CUDA graphs).
 
     Each round multiplies the swapped pair ``(c2, c0)`` by ``(M1, M0)``, which leaves the low halves in
     the order of the next round's ``(c1, c3)``: one flip per round is all the word shuffling there is.
@@ -112,7 +95,7 @@ def _numpy_constants(rounds: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _philox_numpy(e: np.ndarray, o: np.ndarray, k: np.ndarray, rounds: int) -> tuple[np.ndarray, np.ndarray]:
-    """`_philox_pairs` for eager CPU tensors, on C-contiguous ``uint64`` ``(2, M)`` arrays (``k`` may be
+    """`_philox_pairs_torch` for eager CPU tensors, on C-contiguous ``uint64`` ``(2, M)`` arrays (``k`` may be
     ``(2, 1)``); returns the final ``(e, o)``.
 
     A product of two 32-bit words is below ``2**64``, so in ``uint64`` it is exact (no overflow, no
@@ -128,7 +111,6 @@ def _philox_numpy(e: np.ndarray, o: np.ndarray, k: np.ndarray, rounds: int) -> t
         p = e[::-1] * m_swapped  # exact 64-bit products (M1 c2, M0 c0)
         e, o = ((p >> shift) ^ o ^ (k + bumps[r])) & mask, p
     return e, o & mask
-    return e, o
 
 
 def philox4x32(counter: torch.Tensor, key: torch.Tensor, rounds: int = PHILOX_ROUNDS) -> torch.Tensor:
@@ -160,7 +142,17 @@ def philox4x32(counter: torch.Tensor, key: torch.Tensor, rounds: int = PHILOX_RO
     shape = torch.broadcast_shapes(counter.shape[:-1], key.shape[:-1])
     c = counter.expand(*shape, 4).movedim(-1, 0)
     k = key.expand(*shape, 2).movedim(-1, 0)
-    return _philox_pairs(c[0::2], c[1::2], k, rounds)
+    e, o = c[0::2], c[1::2]
+    if not _eager_cpu(e):
+        return _philox_pairs_torch(e, o, k, rounds)
+    # Eager on CPU: the same bits from `_philox_numpy` (exact uint64 products, fewer ops).
+    en, on, kn = (
+        np.ascontiguousarray(np.broadcast_to(t.numpy(), (2, *shape)), dtype=np.uint64).reshape(2, -1)
+        for t in (e, o, k)
+    )
+    en, on = _philox_numpy(en, on, kn, rounds)
+    out = np.stack((en[0], on[0], en[1], on[1]), -1).astype(np.int64)
+    return torch.from_numpy(out.reshape(*shape, 4))
 
 
 def seed_words(seeds: torch.Tensor) -> torch.Tensor:
@@ -236,7 +228,7 @@ def random_bits(
         word3 = word3 + torch.arange(blocks, device=key.device, dtype=torch.int64)
     e = torch.stack((counter[:, 0:1], key[:, 2:3]))
     o = torch.stack((counter[:, 1:2].expand_as(word3), word3))
-    out = _philox_pairs(e, o, key[:, 0:2].t().unsqueeze(-1), PHILOX_ROUNDS)  # (N, blocks, 4)
+    out = _philox_pairs_torch(e, o, key[:, 0:2].t().unsqueeze(-1), PHILOX_ROUNDS)  # (N, blocks, 4)
     bits = out.reshape(out.shape[0], 4 * blocks)[:, :words]
     if rows is None:
         return bits

@@ -12,9 +12,12 @@ goal-conditioned subpolicies, their two critics, and the per-env carry that hold
 
 The carry (a dict of ``(N, ...)`` tensors) is what a segment needs across steps and rollouts:
 ``goal``, ``k``, ``step`` (the step's index in its segment), ``need_new`` (an episode just ended),
-``seg_return`` (the open segment's running ``Σ γ^i r_ext``, kept by the learner), the manager's
-``m_action``, ``m_logp``, ``m_value`` and the segment's ``start_obs``. Observation statistics are
-inputs of the policy step (``obs_norm.*`` entries next to the parameters), never learnable parameters.
+``seg_return`` (the open segment's running ``Σ γ^i r_ext``: the policy step passes it through, the
+learner keeps it), the manager's ``m_action``, ``m_logp``, ``m_value`` and ``m_input``, the manager's
+input at the segment's start, normalized with the statistics in use then (so that its PPO ratio is 1 at
+zero policy change even when the statistics moved while the segment was open). Observation statistics
+are inputs of the policy step (``obs_norm.*`` entries next to the parameters), never learnable
+parameters.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from torch import nn
 from torch.func import functional_call
 
 from hrl_nested.distributions import Categorical, DiagGaussian
-from hrl_nested.networks import MLP, select_member, stack_modules, vmap_apply
+from hrl_nested.networks import MLP, encode_leaf, flat_dim, select_member, stack_modules, vmap_apply
 from hrl_nested.obs_norm import ObsNormalizer
-from hrl_nested.rollout import PolicyOutput
+from hrl_nested.rollout import PolicyOutput, where_rows
 from hrl_nested.segments import subgoal_reached
 
 Params = dict[str, torch.Tensor]
@@ -78,14 +81,6 @@ def goal_bounds(space: gym.Space, goal_scale: float, device: torch.device) -> Go
         )
     t = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
     return GoalBounds(t(low), t(high), source)
-
-
-def _flat_dim(space: gym.Space) -> int:
-    if isinstance(space, gym.spaces.Discrete):
-        return int(space.n)
-    if isinstance(space, gym.spaces.Box):
-        return int(np.prod(space.shape))
-    raise ValueError(f"observation: expected Box or Discrete leaves, got {space}")
 
 
 class JointGoalDist:
@@ -173,10 +168,10 @@ class Hierarchy:
         if goal is not None:
             self.goal_dim = int(goal.low.shape[0])
         else:  # LIRPG: the env's desired goal, if any, is the flat policy's "goal"
-            self.goal_dim = _flat_dim(obs_space["desired_goal"]) if has_dg else 0
-        own_dim = _flat_dim(own)
+            self.goal_dim = flat_dim(obs_space["desired_goal"]) if has_dg else 0
+        own_dim = flat_dim(own)
         self.sub_in = own_dim + self.goal_dim
-        self.mgr_in = own_dim + (_flat_dim(obs_space["desired_goal"]) if has_dg else 0)
+        self.mgr_in = own_dim + (flat_dim(obs_space["desired_goal"]) if has_dg else 0)
         if isinstance(action_space, gym.spaces.Discrete):
             self.act_dim, self.continuous = int(action_space.n), False
         elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
@@ -205,10 +200,11 @@ class Hierarchy:
     def _norm(self, obs: Any, stats: Mapping[str, torch.Tensor]) -> Any:
         return obs if self.rms is None else self.rms.apply(obs, stats)
 
-    def _encode(self, x: torch.Tensor, space: gym.Space) -> torch.Tensor:
+    @staticmethod
+    def _encode(x: torch.Tensor, space: gym.Space) -> torch.Tensor:
         if isinstance(space, gym.spaces.Discrete):
-            return nn.functional.one_hot(x.long() - int(space.start), int(space.n)).float()
-        return x.reshape(*x.shape[: x.dim() - len(space.shape)], -1).float()
+            return encode_leaf(x, int(space.start), int(space.n), torch.float32)
+        return encode_leaf(x, None, len(space.shape), torch.float32)
 
     def achieved_goal(self, obs: Any) -> torch.Tensor:
         """``ag(obs)``, float: ``obs["achieved_goal"]`` for goal envs, else the observation itself."""
@@ -292,7 +288,6 @@ class Hierarchy:
         ag = self.achieved_goal(obs)
         n, dev = ag.shape[0], ag.device
         zeros = torch.zeros(n, device=dev)
-        start = {k: v.clone() for k, v in obs.items()} if isinstance(obs, Mapping) else obs.clone()
         return {
             "goal": torch.zeros(n, self.goal_dim, device=dev)
             if self.goal is not None
@@ -304,7 +299,7 @@ class Hierarchy:
             "m_action": torch.zeros(n, self.goal_dim + 1, device=dev),
             "m_logp": zeros.clone(),
             "m_value": zeros.clone(),
-            "start_obs": start,
+            "m_input": torch.zeros(n, self.mgr_in, device=dev),
         }
 
     @staticmethod
@@ -366,29 +361,20 @@ class Hierarchy:
         steps_done = carry["step"] + 1
         reached = subgoal_reached(ag, carry["goal"], self.tolerance)
         new = carry["need_new"] | (steps_done >= self.horizon) | reached
-        dist, value = self.manager_dist(mgr, self.manager_input(obs, stats))
+        x = self.manager_input(obs, stats)
+        dist, value = self.manager_dist(mgr, x)
         a = dist.mode() if deterministic else dist.sample()
         fresh = {
             "goal": self.goal_from_action(a[:, : self.goal_dim], ag),
             "k": a[:, self.goal_dim].long(),
-            "step": torch.zeros_like(carry["step"]),
-            "seg_return": torch.zeros_like(carry["seg_return"]),
             "m_action": a,
             "m_logp": dist.log_prob(a),
             "m_value": value,
-            "start_obs": obs,
+            "m_input": x,
         }
-        out = {"need_new": torch.zeros_like(new), "step": torch.where(new, 0, steps_done)}
-        for key, val in fresh.items():
-            if key != "step":
-                out[key] = _where(new, val, carry[key])
+        out = {**carry, "need_new": torch.zeros_like(new), "step": torch.where(new, 0, steps_done)}
+        out.update({key: where_rows(new, val, carry[key]) for key, val in fresh.items()})
         return out
-
-
-def _where(mask: torch.Tensor, a: Any, b: Any) -> Any:
-    if isinstance(a, Mapping):
-        return {k: _where(mask, a[k], b[k]) for k in a}
-    return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
 
 
 def num_params(params: Mapping[str, torch.Tensor]) -> int:

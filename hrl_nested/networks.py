@@ -28,26 +28,13 @@ Obs = torch.Tensor | dict[str, torch.Tensor]
 
 
 class FastTanh(nn.Tanh):
-    """``torch.tanh``, one formula on every device and at every size.
+    """``nn.Tanh`` under its old name, so that modules saved whole (``torch.save(module)``) still load.
 
-    Kept as its own class (a subclass of ``nn.Tanh``) so that saved modules load and `actor_critic_apply`
-    recognises it. It used to switch to ``2 sigmoid(2x) - 1`` on CPU above 4096 elements, which made a
-    network's output for one row depend on the batch size; with torch 2.13's vectorized CPU ``tanh``
-    that form is not faster anyway (2 threads, min of repeats: ``(128, 64)`` forward 4 us vs 19 us,
-    ``(1024, 64)`` 23 us vs 73 us).
+    It used to switch to ``2 sigmoid(2x) - 1`` on CPU above 4096 elements, which made a network's output
+    for one row depend on the batch size; with torch 2.13's vectorized CPU ``tanh`` that form is not
+    faster anyway (2 threads, min of repeats: ``(128, 64)`` forward 4 us vs 19 us, ``(1024, 64)`` 23 us
+    vs 73 us). It adds nothing to ``nn.Tanh``.
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fast_tanh(x)
-
-
-def fast_tanh(x: torch.Tensor) -> torch.Tensor:
-    """`FastTanh` as a function: ``torch.tanh(x)`` (elementwise, so a row's value never depends on the batch).
-
-    >>> bool(torch.equal(fast_tanh(torch.zeros(3)), torch.zeros(3)))
-    True
-    """
-    return torch.tanh(x)
 
 
 # MKL's CPU sgemm picks kernels by the number of rows M (gemv for M = 1, small-M paths below 16, an
@@ -104,7 +91,7 @@ class MLP(nn.Sequential):
     """A multilayer perceptron with orthogonal init (gain ``sqrt(2)`` hidden, ``out_gain`` output, zero bias).
 
     The init is CleanRL's ``layer_init`` (Huang et al. 2022, "The 37 implementation details of PPO").
-    ``nn.Tanh`` layers are built as `FastTanh` (a subclass: the same function). Within one execution
+    ``nn.Tanh`` layers are built as `FastTanh` (the same class under its old name). Within one execution
     path a row's output is bit-identical whatever the batch size: on CPU the input rows are padded to a
     multiple of 16 for the matrix products (see `batch_invariant_linear`); ``activation`` must act row
     by row (any elementwise one does).
@@ -139,12 +126,21 @@ def _init(layer: nn.Linear, gain: float) -> nn.Linear:
     return layer
 
 
-def _flat_dim(space: gym.Space) -> int:
+def flat_dim(space: gym.Space) -> int:
+    """Width of a Box (product of its shape) or Discrete (one-hot: ``n``) leaf once encoded."""
     if isinstance(space, gym.spaces.Discrete):
         return int(space.n)
     if isinstance(space, gym.spaces.Box):
         return int(np.prod(space.shape))
     raise ValueError(f"observation space: expected a Box or Discrete, got {space}")
+
+
+def encode_leaf(x: torch.Tensor, start: int | None, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """One observation leaf as flat float features: a Discrete (``start`` an int) one-hot over its ``n``
+    values, a Box (``start`` None) with its ``n`` trailing (space) dims flattened."""
+    if start is not None:
+        return nn.functional.one_hot(x.long() - start, n).to(dtype)
+    return x.reshape(*x.shape[: x.dim() - n], -1).to(dtype)
 
 
 class ActorCritic(nn.Module):
@@ -187,10 +183,10 @@ class ActorCritic(nn.Module):
                     f"observation_space: a Dict needs an 'observation' key, got {observation_space}"
                 )
             self.obs_keys = tuple(k for k in ("observation", "desired_goal") if k in observation_space.spaces)
-            obs_dim = sum(_flat_dim(observation_space[k]) for k in self.obs_keys)
+            obs_dim = sum(flat_dim(observation_space[k]) for k in self.obs_keys)
         else:
             self.obs_keys = ()
-            obs_dim = _flat_dim(observation_space)
+            obs_dim = flat_dim(observation_space)
         if isinstance(action_space, gym.spaces.Discrete):
             act_dim, self.log_std = int(action_space.n), None
         elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
@@ -226,10 +222,7 @@ class ActorCritic(nn.Module):
         parts = []
         for key, start, n in self._encoding:
             x = obs if key is None else obs[key]
-            if start is not None:  # Discrete: one-hot
-                parts.append(nn.functional.one_hot(x.long() - start, n).to(dtype))
-            else:  # Box: flatten the space's n trailing dims
-                parts.append(x.reshape(*x.shape[: x.dim() - n], -1).to(dtype))
+            parts.append(encode_leaf(x, start, n, dtype))
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,8 +272,8 @@ def _mlp_plan(mlp: nn.Sequential, prefix: str) -> list[tuple[str, Any, Any]] | N
         if type(layer) is nn.Linear:
             bias = None if layer.bias is None else f"{prefix}.{i}.bias"
             plan.append(("linear", f"{prefix}.{i}.weight", bias))
-        elif type(layer) is FastTanh:
-            plan.append(("fn", fast_tanh, None))
+        elif type(layer) in (nn.Tanh, FastTanh):
+            plan.append(("fn", torch.tanh, None))
         elif not any(True for _ in layer.parameters()) and not any(True for _ in layer.buffers()):
             plan.append(("fn", layer, None))
         else:

@@ -46,26 +46,14 @@ class PPOStats(NamedTuple):
     clip_fraction: torch.Tensor
 
 
-def _wmean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-    return x.mean() if w is None else (x * w).sum() / w.sum().clamp_min(1e-8)
-
-
-def normalize_advantages(adv: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """``(A - mean A) / (std A + 1e-8)``; with ``weights`` (a 0/1 mask), the weighted mean and std.
-
-    Unweighted, this is exactly flat PPO's normalization (``Tensor.std``, Bessel-corrected); weighted,
-    ``std = sqrt(sum w (A - m)^2 / (sum w - 1))`` over the rows with weight, for masked batches whose
-    padding must not move the statistics (the manager's SMDP transitions in a ``(T, N)`` grid).
+def normalize_advantages(adv: torch.Tensor) -> torch.Tensor:
+    """``(A - mean A) / (std A + 1e-8)``, exactly flat PPO's normalization (``Tensor.std``,
+    Bessel-corrected: undefined for a single advantage).
 
     >>> normalize_advantages(torch.tensor([1.0, 3.0])).tolist()  # std of [1, 3] is sqrt(2)
     [-0.7071067..., 0.7071067...]
     """
-    if weights is None:
-        return (adv - adv.mean()) / (adv.std() + 1e-8)
-    n = weights.sum()
-    mean = (adv * weights).sum() / n.clamp_min(1e-8)
-    var = ((adv - mean).square() * weights).sum() / (n - 1.0).clamp_min(1.0)
-    return (adv - mean) / (var.sqrt() + 1e-8)
+    return (adv - adv.mean()) / (adv.std() + 1e-8)
 
 
 def ppo_objective(
@@ -78,7 +66,6 @@ def ppo_objective(
     ent_coef: Scalar = 0.0,
     norm_adv: bool = True,
     clip_vloss: bool = False,
-    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, PPOStats]:
     """The PPO loss ``L = L_clip + vf_coef * L_V - ent_coef * H`` on one minibatch, and its statistics.
 
@@ -103,8 +90,6 @@ def ppo_objective(
         ent_coef: entropy-bonus coefficient.
         norm_adv: normalize the advantages within this minibatch.
         clip_vloss: PPO2's clipped value loss around ``mb["values"]``.
-        weights: optional ``0/1`` mask of the minibatch's rows (same shape as the advantages): every
-            mean becomes a weighted mean, so padded rows count for nothing.
 
     Returns:
         ``(loss, stats)``: the scalar to minimize and the detached `PPOStats`.
@@ -123,40 +108,18 @@ def ppo_objective(
     dist, v = dist_fn(params, mb["obs"])
     logp = dist.log_prob(mb["actions"])
     old_logp, adv = mb["logprobs"], mb["advantages"]
-    if weights is not None and tuple(weights.shape) != tuple(adv.shape):
-        raise ValueError(
-            f"weights: expected shape {tuple(adv.shape)} like advantages, got {tuple(weights.shape)}"
-        )
     if norm_adv:
-        adv = normalize_advantages(adv, weights)
-    if weights is None:
-        pg_loss = ppo_clip_loss(logp, old_logp, adv, clip_coef)
-    else:  # the same surrogate, averaged over the rows with weight
-        ratio = (logp - old_logp).exp()
-        surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * adv)
-        pg_loss = -_wmean(surr, weights)
-    ent = _wmean(dist.entropy(), weights)
+        adv = normalize_advantages(adv)
+    pg_loss = ppo_clip_loss(logp, old_logp, adv, clip_coef)
+    ent = dist.entropy().mean()
     if v is not None:
-        vclip = clip_coef if clip_vloss else None
-        if weights is None:
-            v_loss = value_loss(v, mb["values"], mb["returns"], vclip)
-        else:
-            per_row = (v - mb["returns"]).square()
-            if vclip is not None:
-                v_clipped = mb["values"] + (v - mb["values"]).clamp(-vclip, vclip)
-                per_row = torch.maximum(per_row, (v_clipped - mb["returns"]).square())
-            v_loss = 0.5 * _wmean(per_row, weights)
+        v_loss = value_loss(v, mb["values"], mb["returns"], clip_coef if clip_vloss else None)
         # The same order of operations as flat PPO always had: its results stay bit for bit.
         loss = pg_loss + vf_coef * v_loss + ent_coef * entropy_loss(ent)
     else:
         v_loss = torch.zeros((), dtype=pg_loss.dtype, device=pg_loss.device)
         loss = pg_loss + ent_coef * entropy_loss(ent)
     with torch.no_grad():
-        if weights is None:
-            kl, clipfrac = approx_kl(logp, old_logp), clip_fraction(logp, old_logp, clip_coef)
-        else:
-            log_ratio = logp - old_logp
-            kl = _wmean(log_ratio.exp() - 1.0 - log_ratio, weights)
-            clipfrac = _wmean(((log_ratio.exp() - 1.0).abs() > clip_coef).to(logp.dtype), weights)
+        kl, clipfrac = approx_kl(logp, old_logp), clip_fraction(logp, old_logp, clip_coef)
         stats = PPOStats(pg_loss.detach(), v_loss.detach(), ent.detach(), kl, clipfrac)
     return loss, stats

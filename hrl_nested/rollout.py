@@ -29,6 +29,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import nn
 
+import envs
 from hrl_nested.batch import Batch, tree_map
 from hrl_nested.distributions import DiagGaussian
 from hrl_nested.networks import actor_critic_apply
@@ -108,10 +109,10 @@ def actor_critic_policy(module: nn.Module) -> PolicyFn:
     return policy_fn
 
 
-def _where(mask: torch.Tensor, a: Any, b: Any) -> Any:
+def where_rows(mask: torch.Tensor, a: Any, b: Any) -> Any:
     """Row-wise ``torch.where`` over matching pytrees (``mask``: ``(N,)``)."""
     if isinstance(a, Mapping):
-        return {k: _where(mask, a[k], b[k]) for k in a}
+        return {k: where_rows(mask, a[k], b[k]) for k in a}
     return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
 
 
@@ -153,8 +154,8 @@ class Collector:
             dev = torch.device("cuda", torch.cuda.current_device())
         self.device = dev  # every stream, graph and RNG call below is scoped to it, not the current device
         # A capture rewinds its warm-up with get_state/set_state; an env whose state lives in a simulator
-        # (a wrapped Gymnasium env, supports_state=False) has neither, so "auto" runs it eagerly.
-        can_rewind = getattr(env, "supports_state", True)
+        # (a wrapped Gymnasium env, supports_state=False) or that lacks them cannot: "auto" runs it eagerly.
+        can_rewind = envs.supports_state(env)
         self.mode = (
             capture if capture != "auto" else ("cuda_graph" if dev.type == "cuda" and can_rewind else "none")
         )
@@ -166,11 +167,8 @@ class Collector:
         if self.mode == "cuda_graph":
             if dev.type != "cuda":
                 raise ValueError(f"capture='cuda_graph': expected an env on a CUDA device, got {dev}")
-            if getattr(env, "validate", False):
-                raise ValueError(
-                    "capture on CUDA: env.validate=True checks action values with a host sync, which cannot "
-                    "be captured in a CUDA graph; make the env with validate=False"
-                )
+            # validate=True is capturable: on CUDA a TorchVectorEnv records invalid actions on the device
+            # (no host sync in step, envs.actions), and __call__ raises them after the replay.
         self._ep_ret = torch.zeros(env.num_envs, device=dev, dtype=getattr(env, "dtype", torch.float32))
         self._ep_len = torch.zeros(env.num_envs, device=dev, dtype=torch.int64)
         space = env.single_action_space
@@ -193,6 +191,16 @@ class Collector:
 
     # ------------------------------------------------------------------ public
     def __call__(self, params: Mapping[str, torch.Tensor], obs: Obs, carry: Any = None) -> RolloutResult:
+        """T steps from ``obs`` / ``carry``; then the env's deferred invalid-action checks are raised
+        (``env.raise_pending()``: one host read per call, only for an env with ``validate=True`` whose
+        checks were deferred, free otherwise), the learner's once-per-iteration sync point."""
+        out = self._collect(params, obs, carry)
+        raise_pending = getattr(self.env, "raise_pending", None)
+        if raise_pending is not None:
+            raise_pending()
+        return out
+
+    def _collect(self, params: Mapping[str, torch.Tensor], obs: Obs, carry: Any) -> RolloutResult:
         params = dict(params)
         if self.mode == "none":
             with torch.no_grad():
@@ -299,7 +307,7 @@ class Collector:
         # SAME_STEP's mask is exactly terminated | truncated; reusing it (rather than OR-ing two bool
         # inputs) also sidesteps an inductor C++ codegen bug on vectorized bool | bool (torch 2.13, CPU).
         done = info["_final_obs"]
-        final_obs = _where(done, info["final_obs"], next_obs)
+        final_obs = where_rows(done, info["final_obs"], next_obs)
         ep_ret = ep_ret + r_t
         ep_len = ep_len + 1
         ended = (
@@ -354,7 +362,9 @@ def make_rollout(
 
     Args:
         env: a `envs.TorchVectorEnv` with SAME_STEP autoreset
-            (``envs.make(..., autoreset_mode="same_step")``); for CUDA-graph capture also ``validate=False``.
+            (``envs.make(..., autoreset_mode="same_step")``). With ``validate=True`` (deferred checks on
+            CUDA or compiled steps) each collect ends with ``env.raise_pending()``; learners use
+            ``validate=False``.
         policy_fn: ``policy_fn(params, obs, carry) -> PolicyOutput``, e.g. `actor_critic_policy`.
         num_steps: T.
         capture: ``"auto"`` (``"cuda_graph"`` on CUDA, ``"none"`` on CPU or for an env with

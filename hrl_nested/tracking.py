@@ -18,6 +18,7 @@ any W&B error is reported once and W&B is switched off, while the local files st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import netrc
@@ -26,7 +27,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -161,13 +162,9 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip / pickle / EOF errors all mean the same thing to the user
-        # Only the first line of torch's message: the rest advises weights_only=False, i.e. running
-        # arbitrary pickled code from the file, which a corrupt or foreign checkpoint must never get.
-        lines = [ln for ln in str(e).strip().splitlines() if "weights_only" not in ln]
-        reason = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({reason}); resume from an intact copy or start a "
-            "new run"
+            f"checkpoint {path} is corrupt or unreadable ({_load_failure_reason(e)}); resume from an intact "
+            "copy or start a new run"
         ) from None
     if not isinstance(state, dict) or state.get("format_version") != _CHECKPOINT_VERSION:
         raise CheckpointError(
@@ -175,6 +172,41 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
         )
     require_keys(state, ("env_steps", "iteration"), path)
     return state
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Lines of torch's message that tell how to load the file anyway: weights_only=False or allowlisting its
+# classes both run code from the file, which a corrupt or foreign checkpoint must never get.
+_UNSAFE_ADVICE = ("weights_only", "can still be loaded", "safe_globals", "check the documentation")
+
+
+def _load_failure_reason(e: BaseException) -> str:
+    """``"<ExceptionType>: <what is wrong with the file>"`` from a failed ``torch.load``, on one line.
+
+    Keeps torch's diagnosis (``Unsupported global: GLOBAL pkg.Cls ...``, ``Unsupported operand 95``,
+    ``failed finding central directory``) and drops colour codes, empty lines and advice on loading the
+    file unsafely; when nothing is left, says what the exception type means.
+    """
+    text = _ANSI_ESCAPE.sub("", str(e))
+    kept = []
+    for line in text.splitlines():
+        line = line.strip()
+        if "WeightsUnpickler error:" in line:  # torch's diagnosis follows this prefix (maybe on later lines)
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        elif any(a in line.lower() for a in _UNSAFE_ADVICE):
+            continue
+        line = line.split(". Please use", 1)[0].removeprefix("Weights only load failed.").strip()
+        if line:
+            kept.append(line)
+    reason = "; ".join(kept)
+    if reason.startswith("Unsupported operand"):  # bytes that are not a pickle at all
+        reason = f"not a torch checkpoint, unsupported pickle o{reason[13:]}"
+    if len(reason) > 200:  # whole sentences: torch's zip errors go on about miniz internals
+        reason = reason[: reason.rfind(". ", 0, 200) + 1 or 200]
+    if reason:
+        return f"{type(e).__name__}: {reason}"
+    fallback = "the file is empty or cut short" if isinstance(e, EOFError) else "not a torch checkpoint"
+    return f"{type(e).__name__}: {fallback}"
 
 
 def require_keys(state: Mapping[str, Any], keys: Sequence[str], path: str | Path | None) -> None:
@@ -386,8 +418,8 @@ class Run:
         self._bar = None
         self._wandb: WandbLogger | None = None
         self.started = False
-        if self.dir is not None:  # a fresh run's directory is created (empty) now, a resumed one is checked
-            prepare_run_dir(self.dir, resume=self.resume)
+        if self.dir is not None:  # checked now, created in `start`: a run that fails before leaves nothing
+            check_run_dir(self.dir, resume=self.resume)
         run_id = _new_run_id()
         if self.resume:
             if self.dir is None:
@@ -409,14 +441,16 @@ class Run:
         checkpoint (on resume), open W&B and the progress bar. Idempotent.
 
         An algorithm calls it once its setup is done and ``resume_state`` is loaded into its objects, so
-        that a run that fails before (a bad flag, a checkpoint that does not fit) leaves the run
-        directory exactly as it was. `log`, `save_checkpoint` and `finish` call it if it was not.
+        that a run that fails before (a bad flag or env, a checkpoint that does not fit) leaves the run
+        directory exactly as it was (a fresh run's does not exist until now). `log`, `save_checkpoint`
+        and `finish` call it if it was not.
         """
         if self.started:
             return self
+        if self.dir is not None:
+            prepare_run_dir(self.dir, resume=self.resume)  # checked again: it may have filled up since
         self.started = True
         if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
             if self.resume_state is not None:
                 truncate_metrics(self.dir / "metrics.jsonl", int(self.resume_state["env_steps"]))
             write_json(self.dir / "config.json", self.config)
@@ -528,3 +562,37 @@ def _progress_bar(total: int, initial: int, enabled: bool | None):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True, leave=True)
+
+
+# ---------------------------------------------------------------------------- resuming a loop
+def reset_for_resume(env: Any, env_id: str, seed: int, iteration: int) -> Any:
+    """Reset ``env`` for a resumed run whose env state could not be checkpointed (a simulator's), with
+    a reset seed of its own, ``seed + 1_000_003 * iteration``, and say so; returns the observation."""
+    reset_seed = seed + 1_000_003 * iteration
+    obs, _ = env.reset(seed=reset_seed)
+    print(
+        f"resume: {env_id} keeps its state in a simulator, which a checkpoint cannot hold; the learner "
+        f"(networks, optimizers, obs statistics, RNG, counters) is restored and the envs start fresh "
+        f"episodes (reset seed {reset_seed})",
+        flush=True,
+    )
+    return obs
+
+
+@contextlib.contextmanager
+def checkpoint_fits(path: str | Path | None, hint: str = "") -> Iterator[None]:
+    """Turn an error raised while loading a checkpoint into live objects (a tensor of another shape, a
+    missing entry) into `CheckpointError` naming the file and the first line of the cause, plus ``hint``.
+
+    >>> with checkpoint_fits("ck.pt"):  # doctest: +SKIP
+    ...     agent.load_state_dict(state["agent"])
+    """
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this run ({type(e).__name__}: {first[:300]}){hint}"
+        ) from None

@@ -50,3 +50,12 @@ class TinyGoalEnv(gym.Env):
         reward = float(self.compute_reward(self.pos, self.goal))
         success = reward == 0.0
         return self._obs(), reward, success, self.t >= self.max_steps and not success, {"is_success": success}
+
+
+class FailingGoalEnv(TinyGoalEnv):
+    """`TinyGoalEnv` whose episodes terminate after 3 steps in a failure state (``is_success`` False):
+    termination is not success here, as in many wrapped goal envs."""
+
+    def step(self, action):
+        obs, reward, _, _, _ = super().step(action)
+        return obs, reward, self.t >= 3, False, {"is_success": False}

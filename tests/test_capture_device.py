@@ -20,9 +20,11 @@ from hrl_nested.rollout import actor_critic_policy, make_rollout
 N, T = 8, 24
 
 
-def _setup(env_id="hrl_nested/CartPole-v1", capture="none", device="cpu", squash="auto", seed=0):
+def _setup(
+    env_id="hrl_nested/CartPole-v1", capture="none", device="cpu", squash="auto", seed=0, validate=False
+):
     env = envs.make(
-        env_id, N, device=device, autoreset_mode="same_step", validate=False, max_episode_steps=10
+        env_id, N, device=device, autoreset_mode="same_step", validate=validate, max_episode_steps=10
     )
     torch.manual_seed(seed)
     agent = ActorCritic(env.single_observation_space, env.single_action_space, squash=squash).to(env.device)
@@ -214,3 +216,23 @@ def test_cuda_graph_on_a_non_current_device_equals_eager():
 def test_cuda_without_index_is_pinned_to_the_current_device():
     _, _, collect, _ = _setup("hrl_nested/CartPole-v1", "none", device="cuda")
     assert collect.device == torch.device("cuda", torch.cuda.current_device())
+
+
+@pytest.mark.cuda
+def test_cuda_graph_captures_an_env_with_validate_and_raises_after_the_replay():
+    # Deferred checks record on the device (no host sync in step): capturable; valid actions give the
+    # same rollout as validate=False, and invalid ones surface from the collect call.
+    _, agent, ref, obs = _setup("hrl_nested/CartPole-v1", "cuda_graph", device="cuda")
+    want = ref(params_of(agent), obs)
+    env, agent, graph, obs = _setup("hrl_nested/CartPole-v1", "cuda_graph", device="cuda", validate=True)
+    _assert_same(graph(params_of(agent), obs), want)
+    assert graph._graph is not None
+    policy = actor_critic_policy(agent)
+
+    def invalid(params, obs, carry):  # CartPole's actions are 0 and 1: 5 and 6 are invalid
+        out = policy(params, obs, carry)
+        return out._replace(action=out.action + 5)
+
+    bad = make_rollout(env, invalid, T)
+    with pytest.raises(ValueError, match="actions: envs"):
+        bad(params_of(agent), env.reset(seed=0)[0])

@@ -12,6 +12,7 @@ import torch
 
 from hrl_nested import optim
 from hrl_nested.algos import nested_hrl
+from hrl_nested.algos import nested_parts as parts
 from hrl_nested.algos.nested_parts import reward_fn_for
 from hrl_nested.hierarchy import GoalBounds, Hierarchy
 from hrl_nested.hypergrad import hypergrad, run_inner
@@ -209,17 +210,16 @@ def test_a_non_finite_hypergradient_skips_the_step_leaving_theta_and_both_optimi
     io, theta, phi = _problem(2, _FIXED_MINIBATCHES)
     bad = io._replace(outer_loss=lambda w, p: io.outer_loss(w, p) * float("nan"))
     inner_opt = clip_by_global_norm(optim.adam(1e-3, eps=1e-5, eps_root=1e-16), 0.5)
-    inner_state = inner_opt.init(theta)
-    outer_state = optim.adam(1e-3).init(phi)
-    out = nested_hrl._outer_step(
-        bad, theta, inner_state, phi, outer_state, inner_opt, _cfg(hypergrad="unrolled"), 0, 0
-    )
-    assert out["ok"] is False
-    assert out["phi"] is phi and out["outer_state"] is outer_state  # the outer optimizer was never called
-    good = nested_hrl._outer_step(
-        io, theta, inner_state, phi, outer_state, inner_opt, _cfg(hypergrad="unrolled"), 0, 0
-    )
-    assert good["ok"] is True and any(not torch.equal(good["phi"][k], phi[k]) for k in phi)
+    outer_opt = optim.adam(1e-3)
+    start = parts.LearnerState(theta, inner_opt.init(theta), phi, outer_opt.init(phi))
+    cfg = _cfg(hypergrad="unrolled")
+    out = nested_hrl._outer_step(bad, start, inner_opt, outer_opt, cfg, 0, 0, check_alpha=False)
+    assert out.ok is False
+    # the outer optimizer was never called, and θ with its inner state stay as they were
+    assert out.learner.phi is phi and out.learner.outer_state is start.outer_state
+    assert out.learner.theta is theta and out.learner.inner_state is start.inner_state
+    good = nested_hrl._outer_step(io, start, inner_opt, outer_opt, cfg, 0, 0, check_alpha=False)
+    assert good.ok is True and any(not torch.equal(good.learner.phi[k], phi[k]) for k in phi)
 
 
 def test_the_loop_counts_skipped_steps_and_keeps_the_subpolicies(tmp_path, monkeypatch):

@@ -133,21 +133,7 @@ class Task:
         positive_int(self.seed, "seed", minimum=0)
         positive_int(self.eval_episodes, "eval_episodes")
         check(isinstance(self.device, str), "device", "a device name", self.device)
-        if self.device != "auto":
-            try:
-                dev = torch.device(self.device)
-            except RuntimeError:
-                raise ConfigError("device", "cpu, cuda, cuda:<index> or auto", self.device) from None
-            if dev.type == "cuda":
-                count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-                there = "use --device cpu" if count == 0 else f"cuda:0 to cuda:{count - 1}"
-                check(
-                    count > (dev.index or 0),
-                    "device",
-                    "a device this machine has",
-                    self.device,
-                    note=f"{count} CUDA device(s) here; {there}",
-                )
+        resolve_device(self.device)  # the check the algorithms make when they start, made early
 
 
 def get_algorithm(name: str) -> ModuleType:
@@ -162,18 +148,30 @@ def get_algorithm(name: str) -> ModuleType:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else as given (checked)."""
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else as given, if this machine has it.
+
+    Raises:
+        ConfigError: (a ValueError) on ``--device``: a name torch cannot parse, or a CUDA device this
+            machine does not have.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device: expected cpu, cuda, cuda:<index> or auto, got {device!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available here; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(
-            f"device: {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    except RuntimeError:
+        raise ConfigError("device", "cpu, cuda, cuda:<index> or auto", device) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        there = "use --device cpu" if count == 0 else f"cuda:0 to cuda:{count - 1}"
+        check(
+            count > (dev.index or 0),
+            "device",
+            "a device this machine has",
+            device,
+            note=f"{count} CUDA device(s) here; {there}",
         )
     return dev
 

@@ -23,12 +23,8 @@ class LIRPGConfig(MetaFields, CommonConfig):
     """A flat policy with a learned intrinsic reward R_φ(s, a, s') (no manager, no goal segments)."""
 
     state_shaping_fields: ClassVar[tuple[str, ...]] = (
-        "num_steps",
-        "hidden",
-        "norm_obs",
-        "phi_hidden",
-        "meta_ent_coef",
-        "meta_lr",
+        *CommonConfig.state_shaping_fields,
+        *MetaFields.meta_shaping_fields,
     )
     """Fields a resumed run may not change (they shape the checkpointed tensors)."""
 

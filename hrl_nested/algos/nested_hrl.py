@@ -26,7 +26,7 @@ import dataclasses
 import math
 import time
 import warnings
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 
@@ -50,7 +50,7 @@ from hrl_nested.hypergrad import NonFiniteHypergradWarning, hypergrad, make_hvp,
 from hrl_nested.nested_objective import clip_by_global_norm, grad_cosine, make_inner_outer
 from hrl_nested.rollout import CAPTURE_MODES, make_rollout
 from hrl_nested.shaping import init_free_shaping, init_goal_shaping, phi_summary
-from hrl_nested.tracking import CheckpointError, Run, require_keys, set_rng_state
+from hrl_nested.tracking import Run, checkpoint_fits, require_keys, reset_for_resume, set_rng_state
 
 HYPERGRADS = ("unrolled", "truncated", "cg", "neumann", "es")
 
@@ -156,6 +156,9 @@ class ManagerConfig(CommonConfig):
     manager_ent_coef: float = 0.01
     """Entropy bonus of the manager (goal exploration)."""
 
+    state_shaping_fields: ClassVar[tuple[str, ...]] = (*CommonConfig.state_shaping_fields, "num_subpolicies")
+    """Fields a resumed run may not change: the common ones and K, which shapes θ and the critics' input."""
+
     def _validate_manager(self, sec: dict[str, str]) -> None:
         for name in (
             "goal_horizon",
@@ -175,6 +178,9 @@ class ManagerConfig(CommonConfig):
 @dataclasses.dataclass(frozen=True)
 class MetaFields:
     """The outer loop: φ and its hypergradient (``nested-hrl`` and ``lirpg``)."""
+
+    meta_shaping_fields: ClassVar[tuple[str, ...]] = ("phi_hidden", "meta_ent_coef", "meta_lr")
+    """The fields of this part that shape φ (added to the algorithm's ``state_shaping_fields``)."""
 
     hypergrad: Literal["unrolled", "truncated", "cg", "neumann", "es"] = "truncated"
     """Hypergradient estimator of d(outer loss)/dφ through the inner steps."""
@@ -249,13 +255,8 @@ class NestedHRLConfig(MetaFields, ManagerConfig):
     """Nested HRL: manager + subpolicies + learned shaping φ (defaults sized for a 2-core CPU)."""
 
     state_shaping_fields: ClassVar[tuple[str, ...]] = (
-        "num_steps",
-        "hidden",
-        "norm_obs",
-        "num_subpolicies",
-        "phi_hidden",
-        "meta_ent_coef",
-        "meta_lr",
+        *ManagerConfig.state_shaping_fields,
+        *MetaFields.meta_shaping_fields,
     )
     """Fields a resumed run may not change (they shape the checkpointed tensors)."""
 
@@ -297,12 +298,10 @@ def run_nested(
     env = _make_env(task.env, task.num_envs, device)
     eval_env = _make_env(task.env, task.eval_episodes, device)
     h = _hierarchy(env, cfg, manager, device)
-    theta = dict(h.theta0)
     inner_opt = clip_by_global_norm(optim.adam(cfg.sub_lr, eps=1e-5, eps_root=1e-16), cfg.max_grad_norm)
-    inner_state = inner_opt.init(theta)
     phi = _init_phi(h, cfg, shaping, device)
-    outer_opt = optim.adam(getattr(cfg, "phi_lr", 1e-3))
-    outer_state = outer_opt.init(phi)
+    outer_opt = optim.adam(cfg.phi_lr if learn_phi else 0.0)  # fixed shaping: never stepped
+    learner = parts.LearnerState(dict(h.theta0), inner_opt.init(h.theta0), phi, outer_opt.init(phi))
     critic_opt = torch.optim.Adam(h.critics.parameters(), lr=cfg.critic_lr, eps=1e-5)
     mgr_opt = (
         None if h.manager is None else torch.optim.Adam(h.manager.parameters(), lr=cfg.manager_lr, eps=1e-5)
@@ -314,45 +313,23 @@ def run_nested(
     num_iterations = max(1, math.ceil(task.total_steps / batch_size))
 
     obs, _ = env.reset(seed=task.seed)
-    carry = h.initial_carry(obs)
-    start_iteration, env_steps, last_eval, outer_skipped, mgr_rows = 0, 0, {}, 0, []
+    loop = parts.LoopState(0, 0, obs, h.initial_carry(obs), {}, 0, [])
     if run.resume_state is not None:
-        st = run.resume_state
-        require_keys(st, _REQUIRED, run.checkpoint_path)
-        try:
-            theta, inner_state, phi, outer_state = _restore(st, h, critic_opt, mgr_opt, device)
-            if envs.supports_state(env) and st["env"] is not None:
-                env.set_state(EnvState(**st["env"]))
-                collect.load_state_dict(st["rollout"])
-                obs, carry = _to(st["obs"], device), _to(st["carry"], device)
-            else:  # a simulator's state cannot be checkpointed: fresh episodes, fresh segments
-                obs, _ = env.reset(seed=task.seed + 1_000_003 * int(st["iteration"]))
-                carry = h.initial_carry(obs)
-                print(
-                    f"resume: {task.env} keeps its state in a simulator; the learner is restored and the "
-                    "envs start fresh episodes",
-                    flush=True,
-                )
-            set_rng_state(st["rng"])
-        except (RuntimeError, ValueError, TypeError, KeyError) as e:
-            raise CheckpointError(
-                f"checkpoint {run.checkpoint_path} does not fit this run ({type(e).__name__}: "
-                f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})"
-            ) from None
-        start_iteration, env_steps = int(st["iteration"]), int(st["env_steps"])
-        last_eval, outer_skipped = dict(st.get("last_eval") or {}), int(st["outer_skipped"])
-        mgr_rows = [_to(r, device) for r in st["mgr_rows"]]
+        loop, learner = _resume(run, task, h, env, collect, critic_opt, mgr_opt, device)
     if h.goal is not None:
         print(f"{algo}: goal bounds from {h.goal.source}", flush=True)
     run.start()
+    env_steps, obs, carry = loop.env_steps, loop.obs, loop.carry
+    last_eval, outer_skipped, mgr_rows = loop.last_eval, loop.outer_skipped, loop.mgr_rows
+    alpha_checked = False
 
-    for iteration in range(start_iteration, num_iterations):
+    for iteration in range(loop.iteration, num_iterations):
         t_iter = time.perf_counter()
         timer = _Timer(device)
         # ---- rollout: T steps x N envs; the carry holds each env's open segment
         stats = h.stats()
         carry_in = carry
-        result = collect(h.rollout_params(theta, stats), obs, carry)
+        result = collect(h.rollout_params(learner.theta, stats), obs, carry)
         batch, obs, carry = result.batch, result.obs, result.carry
         env_steps += batch_size
         timer.mark("rollout")
@@ -372,7 +349,7 @@ def run_nested(
             prep.pb,
             _minibatches(batch_size, cfg, device),
             reward_fn,
-            theta_start=theta,
+            theta_start=learner.theta,
             gamma=cfg.gamma,
             gae_lambda=cfg.gae_lambda,
             clip_coef=cfg.clip_coef,
@@ -381,37 +358,36 @@ def run_nested(
             prox=getattr(cfg, "prox", 0.0),
         )
         if learn_phi and iteration % cfg.phi_every == 0:
-            out = _outer_step(io, theta, inner_state, phi, outer_state, inner_opt, cfg, task.seed, iteration)
+            checked = cfg.check_every > 0 and iteration % cfg.check_every == 0
+            out = _outer_step(
+                io,
+                learner,
+                inner_opt,
+                outer_opt,
+                cfg,
+                task.seed,
+                iteration,
+                check_alpha=checked or not alpha_checked,
+            )
+            alpha_checked = True
             timer.mark("hypergrad")
-            if out["ok"]:
-                theta, inner_state, phi, outer_state = (
-                    out["theta"],
-                    out["inner_state"],
-                    out["phi"],
-                    out["outer_state"],
+            if checked:
+                row["hypergrad_cosine"] = _live_check(
+                    io, learner, out.grads, inner_opt, cfg, task.seed + iteration
                 )
+            if out.ok:
+                learner = out.learner
             else:  # the whole step is skipped: θ, the inner and the outer optimizer states stay as they were
                 outer_skipped += 1
-            row.update(hypergrad_norm=out["norm"])
-            if cfg.check_every > 0 and iteration % cfg.check_every == 0:
-                row["hypergrad_cosine"] = _live_check(
-                    io,
-                    theta_start=out["theta_start"],
-                    state=out["state_start"],
-                    phi=out["phi_start"],
-                    est=out["grads"],
-                    inner_opt=inner_opt,
-                    cfg=cfg,
-                    seed=task.seed + iteration,
-                )
+            row["hypergrad_norm"] = out.norm
         else:
-            theta, inner_state = _plain_inner(io, theta, inner_state, phi, inner_opt, cfg)
+            learner = _plain_inner(io, learner, inner_opt, cfg)
             timer.mark("inner")
         if learn_phi:
             row["outer_skipped"] = outer_skipped
 
         # ---- critics (ordinary steps on detached targets) and manager (PPO on SMDP transitions)
-        ret_w, r_in = parts.shaped_returns(phi, prep, reward_fn, cfg)
+        ret_w, r_in = parts.shaped_returns(learner.phi, prep, reward_fn, cfg)
         row["critic_loss"] = parts.update_critics(h, critic_opt, prep, ret_w, cfg)
         timer.mark("critics")
         if h.manager is not None:
@@ -422,47 +398,57 @@ def run_nested(
             timer.mark("manager")
 
         # ---- log (one host copy), evaluate, checkpoint
-        row.update(_batch_stats(h, batch, prep, r_in, result))
-        row.update(phi_summary(phi, parts.potential_range(phi, prep)) if learn_phi else {})
+        row.update(_batch_stats(h, env, batch, prep, r_in, result))
+        row.update(phi_summary(learner.phi, parts.potential_range(learner.phi, prep)) if learn_phi else {})
+        env.raise_pending()  # deferred invalid-action checks (validate=True) surface here; free if none
         host = _to_host(row)
         host.update(iteration=iteration + 1, env_steps=env_steps, **timer.splits())
         host["sps"] = round(batch_size / (time.perf_counter() - t_iter))
         last = iteration + 1 == num_iterations
         if last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0):
             t_eval = time.perf_counter()
-            last_eval = parts.evaluate(h, theta, eval_env, seed=task.seed + 7919 * (iteration + 1))
+            last_eval = parts.evaluate(h, learner.theta, eval_env, seed=task.seed + 7919 * (iteration + 1))
             host.update(last_eval, eval_s=time.perf_counter() - t_eval)
         run.log(host)
         if run.checkpoint_due() or last:
-            run.save_checkpoint(
-                _checkpoint(
-                    iteration + 1,
-                    env_steps,
-                    theta,
-                    inner_state,
-                    phi,
-                    outer_state,
-                    h,
-                    critic_opt,
-                    mgr_opt,
-                    env,
-                    obs,
-                    carry,
-                    collect,
-                    last_eval,
-                    outer_skipped,
-                    mgr_rows,
-                )
-            )
+            loop = parts.LoopState(iteration + 1, env_steps, obs, carry, last_eval, outer_skipped, mgr_rows)
+            run.save_checkpoint(_checkpoint(loop, learner, h, critic_opt, mgr_opt, env, collect))
 
     summary = {
-        "iterations": run.last_row.get("iteration", start_iteration),
+        "iterations": run.last_row.get("iteration", loop.iteration),
         **last_eval,
         "outer_skipped": outer_skipped,
     }
     if h.goal is not None:
         summary["goal_bounds"] = h.goal.source
     return run.finish(summary)
+
+
+def _resume(run: Run, task: Task, h: Hierarchy, env, collect, critic_opt, mgr_opt, device):
+    """``(LoopState, LearnerState)`` from ``run.resume_state`` loaded into the live objects; a checkpoint
+    that does not fit is a `CheckpointError` naming the file."""
+    st = run.resume_state
+    require_keys(st, _REQUIRED, run.checkpoint_path)
+    with checkpoint_fits(run.checkpoint_path):
+        learner = _restore(st, h, critic_opt, mgr_opt, device)
+        if envs.supports_state(env) and st["env"] is not None:
+            env.set_state(EnvState(**st["env"]))
+            collect.load_state_dict(st["rollout"])
+            obs, carry = _to(st["obs"], device), _to(st["carry"], device)
+        else:  # a simulator's state cannot be checkpointed: fresh episodes, fresh segments
+            obs = reset_for_resume(env, task.env, task.seed, int(st["iteration"]))
+            carry = h.initial_carry(obs)
+        set_rng_state(st["rng"])
+        loop = parts.LoopState(
+            int(st["iteration"]),
+            int(st["env_steps"]),
+            obs,
+            carry,
+            dict(st.get("last_eval") or {}),
+            int(st["outer_skipped"]),
+            [_to(r, device) for r in st["mgr_rows"]],
+        )
+    return loop, learner
 
 
 # ---------------------------------------------------------------------------- setup
@@ -533,74 +519,80 @@ def _method_options(cfg, method: str, seed: int) -> dict[str, Any]:
     }[method]
 
 
-def _outer_step(io, theta, inner_state, phi, outer_state, inner_opt, cfg, seed: int, iteration: int) -> dict:
-    """One hypergradient step; ``ok`` False (skip) when the hypergradient or the new θ is not finite."""
+class OuterStep(NamedTuple):
+    """One hypergradient step: ``ok`` False when it was skipped (a non-finite hypergradient or new θ),
+    ``learner`` after it (the one it started from when skipped), the hypergradient's norm and value."""
+
+    ok: bool
+    learner: parts.LearnerState
+    norm: torch.Tensor
+    grads: dict[str, torch.Tensor]
+
+
+def _outer_step(
+    io, learner, inner_opt, outer_opt, cfg, seed: int, iteration: int, *, check_alpha: bool
+) -> OuterStep:
+    """``n_inner`` inner steps and one outer Adam step on φ with the estimator's hypergradient; with
+    ``check_alpha`` (neumann), first check that the series converges (`_check_neumann_alpha`)."""
     method = cfg.hypergrad
     opts = _method_options(cfg, method, seed * 1_000_003 + iteration)
     if method in ("cg", "neumann"):
         opts["stationary_loss"] = io.stationary_loss
-        if method == "neumann" and iteration % max(cfg.check_every, 1) == 0:
-            _check_neumann_alpha(io, theta, phi, opts["alpha"], cfg.prox)
+        if method == "neumann" and check_alpha:
+            _check_neumann_alpha(io, learner.theta, learner.phi, opts["alpha"], cfg.prox)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonFiniteHypergradWarning)  # counted as outer_skipped instead
         res = hypergrad(
             io.inner_loss,
             io.outer_loss,
-            theta,
-            phi,
+            learner.theta,
+            learner.phi,
             method=method,
             inner_steps=cfg.n_inner,
-            opt_state=inner_state,
+            opt_state=learner.inner_state,
             on_nonfinite="zero",
             max_norm=cfg.hypergrad_max_norm,
             **_inner_opt_args(inner_opt, cfg),
             **opts,
         )
     finite = torch.stack([torch.isfinite(v).all() for v in res.params.values()]).all()
-    ok = (not res.nonfinite) and bool(finite)  # the iteration's one decision on the host
-    new_phi, new_outer = phi, outer_state
-    if ok:
-        new_phi, new_outer = optim.adam(cfg.phi_lr).update(res.grads, outer_state, phi)
-        new_phi = {k: v.detach() for k, v in new_phi.items()}
-    return {
-        "ok": ok,
-        "theta": res.params,
-        "inner_state": res.opt_state,
-        "phi": new_phi,
-        "outer_state": new_outer,
-        "norm": res.grad_norm,
-        "grads": res.grads,
-        "theta_start": theta,
-        "state_start": inner_state,
-        "phi_start": phi,
-    }
+    if res.nonfinite or not bool(finite):  # the iteration's one decision on the host
+        return OuterStep(False, learner, res.grad_norm, res.grads)
+    phi, outer_state = outer_opt.update(res.grads, learner.outer_state, learner.phi)
+    phi = {k: v.detach() for k, v in phi.items()}
+    return OuterStep(
+        True, parts.LearnerState(res.params, res.opt_state, phi, outer_state), res.grad_norm, res.grads
+    )
 
 
-def _plain_inner(io, theta, inner_state, phi, inner_opt, cfg):
+def _plain_inner(io, learner, inner_opt, cfg) -> parts.LearnerState:
     """The inner steps without a hypergradient (``hrl``, or between φ updates); skipped if not finite."""
     opt = inner_opt
     if getattr(cfg, "meta_lr", False):
-        opt = optim.adam(phi["log_sub_lr"].exp(), eps_root=1e-16)
+        opt = optim.adam(learner.phi["log_sub_lr"].exp(), eps_root=1e-16)
     with torch.no_grad():
-        new, state = run_inner(io.inner_loss, opt, theta, inner_state, phi, range(cfg.n_inner))
+        new, state = run_inner(
+            io.inner_loss, opt, learner.theta, learner.inner_state, learner.phi, range(cfg.n_inner)
+        )
     if bool(torch.stack([torch.isfinite(v).all() for v in new.values()]).all()):
-        return {k: v.detach() for k, v in new.items()}, state
-    return theta, inner_state
+        return learner._replace(theta={k: v.detach() for k, v in new.items()}, inner_state=state)
+    return learner
 
 
-def _live_check(io, *, theta_start, state, phi, est, inner_opt, cfg, seed: int) -> torch.Tensor:
-    """Cosine between the estimator's hypergradient and the exact unrolled one (es for unrolled)."""
+def _live_check(io, start, est, inner_opt, cfg, seed: int) -> torch.Tensor:
+    """Cosine between the estimator's hypergradient ``est`` and the exact unrolled one (es for unrolled)
+    from the same ``start`` (`parts.LearnerState`)."""
     method = "es" if cfg.hypergrad == "unrolled" else "unrolled"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonFiniteHypergradWarning)
         ref = hypergrad(
             io.inner_loss,
             io.outer_loss,
-            theta_start,
-            phi,
+            start.theta,
+            start.phi,
             method=method,
             inner_steps=cfg.n_inner,
-            opt_state=state,
+            opt_state=start.inner_state,
             on_nonfinite="zero",
             **_inner_opt_args(inner_opt, cfg),
             **_method_options(cfg, method, seed),

@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 import torch
 
 import envs
-from hrl_nested.algos.ppo import _success
 from hrl_nested.batch import Batch
+from hrl_nested.evaluation import run_eval_episodes
 from hrl_nested.hierarchy import Hierarchy
 from hrl_nested.nested_objective import PolicyBatch, ShapingBatch
 from hrl_nested.optim import AdamState, SGDState
@@ -105,19 +105,20 @@ def prepare(h: Hierarchy, batch: Batch, carry_in: dict[str, Any], stats, cfg, ki
 def _manager_rows(
     h: Hierarchy, batch: Batch, smdp: SMDPTransitions, ep_end, stats, cfg
 ) -> dict[str, torch.Tensor]:
-    """The manager's PPO rows on the ``(T, N)`` grid, flattened, with ``weights`` = segment ended there."""
+    """The manager's PPO rows: one per segment that ended in this batch (where ``smdp.mask``, in
+    ``(t, n)`` order), with its input as the manager saw it at the segment's start (``m_input``)."""
     c = batch.carry
     mgr = {k: v.detach() for k, v in h.manager.named_parameters()}
     _, v_next = h.manager_dist(mgr, h.manager_input(batch.next_obs, stats))
     adv, ret = smdp_gae(smdp, ep_end, c["m_value"], v_next, cfg.manager_lambda)
+    ended = smdp.mask.reshape(-1).nonzero().squeeze(-1)  # the iteration's one host sync for the manager
     return {
-        "obs": _flat(h.manager_input(c["start_obs"], stats)),
-        "actions": _flat(c["m_action"]),
-        "logprobs": c["m_logp"].reshape(-1),
-        "values": c["m_value"].reshape(-1),
-        "advantages": adv.reshape(-1),
-        "returns": ret.reshape(-1),
-        "weights": smdp.mask.reshape(-1).float(),
+        "obs": _flat(c["m_input"])[ended],
+        "actions": _flat(c["m_action"])[ended],
+        "logprobs": c["m_logp"].reshape(-1)[ended],
+        "values": c["m_value"].reshape(-1)[ended],
+        "advantages": adv.reshape(-1)[ended],
+        "returns": ret.reshape(-1)[ended],
     }
 
 
@@ -164,37 +165,35 @@ def update_critics(
 
 def update_manager(
     h: Hierarchy, opt: torch.optim.Optimizer, rows: list[dict[str, torch.Tensor]], cfg
-) -> dict:
-    """PPO on the manager's SMDP transitions (masked rows, `ppo_objective` with ``weights``)."""
+) -> dict[str, Any]:
+    """PPO (`ppo_objective`) on the manager's SMDP transitions, the segments that ended since its last
+    update; no optimizer step at all without one (Adam's momentum would move the manager on zero
+    gradients). A minibatch of one transition is not advantage-normalized (its std is undefined)."""
     data = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-    b = data["weights"].shape[0]
-    mb = max(1, b // cfg.manager_minibatches)
+    b = data["advantages"].shape[0]
+    if b == 0:
+        return {"manager_transitions": 0}
     params = dict(h.manager.named_parameters())
-    dist_fn = lambda p, x: h.manager_dist(p, x)  # noqa: E731
-    stats_sum = torch.zeros(5, device=data["weights"].device)
+    stats = []
     for _ in range(cfg.manager_epochs):
-        perm = torch.randperm(b, device=data["weights"].device)
-        for s in range(0, b, mb):
-            idx = perm[s : s + mb]
-            m = {k: v[idx] for k, v in data.items()}
-            w = m.pop("weights")
+        perm = torch.randperm(b, device=data["advantages"].device)
+        for idx in perm.tensor_split(min(cfg.manager_minibatches, b)):
             loss, st = ppo_objective(
-                dist_fn,
+                h.manager_dist,
                 params,
-                m,
+                {k: v[idx] for k, v in data.items()},
                 clip_coef=cfg.clip_coef,
                 vf_coef=0.5,
                 ent_coef=cfg.manager_ent_coef,
-                weights=w,
+                norm_adv=idx.shape[0] > 1,
             )
             opt.zero_grad(set_to_none=True)
-            (loss * (w.sum() > 0)).backward()  # an empty minibatch moves nothing, without a host sync
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(h.manager.parameters(), cfg.max_grad_norm)
             opt.step()
-            stats_sum += torch.stack(tuple(st)).nan_to_num()
-    n = cfg.manager_epochs * ((b + mb - 1) // mb)
+            stats.append(torch.stack(tuple(st)[:4]))
     names = ("manager_policy_loss", "manager_value_loss", "manager_entropy", "manager_approx_kl")
-    return dict(zip(names, stats_sum[:4] / n)) | {"manager_transitions": data["weights"].sum()}
+    return dict(zip(names, torch.stack(stats).mean(0))) | {"manager_transitions": b}
 
 
 def potential_range(phi, prep: Prepared) -> torch.Tensor | None:
@@ -209,38 +208,20 @@ def potential_range(phi, prep: Prepared) -> torch.Tensor | None:
 @torch.inference_mode()
 def evaluate(h: Hierarchy, theta, env, *, seed: int, max_steps: int = 10_000) -> dict[str, float]:
     """One episode per eval env, deterministic manager and subpolicies; ``eval_return_mean``,
-    ``eval_length_mean`` and, on goal envs, ``eval_success_rate`` (as flat PPO's `evaluate`)."""
-    obs, _ = env.reset(seed=seed)
-    n, device = env.num_envs, env.device
+    ``eval_length_mean`` and, on goal envs, ``eval_success_rate`` (`run_eval_episodes`, as flat PPO)."""
     params = h.rollout_params(theta, h.stats())
     step_fn = h.policy_fn(deterministic=True)
-    carry = h.initial_carry(obs)
-    ret = torch.zeros(n, device=device)
-    length = torch.zeros(n, device=device)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    success = None
-    check_every = 1 if device.type == "cpu" else 32  # "all done?" is a host sync on a GPU
-    for step in range(env.max_episode_steps or max_steps):
+
+    def act(obs: Any, carry: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         out = step_fn(params, obs, carry)
         action = out.action
         if h.continuous:
             action = torch.maximum(torch.minimum(action, h.act_high), h.act_low)
-        obs, reward, terminated, truncated, info = env.step(action)
-        ended = terminated | truncated
-        carry = h.reset_carry(out.carry, ended)
-        ret += torch.where(done, 0.0, reward.to(ret.dtype))
-        length += ~done
-        step_success = _success(env, info)
-        if step_success is not None:
-            success = torch.zeros(n, dtype=torch.bool, device=device) if success is None else success
-            success |= ended & step_success & ~done
-        done |= ended
-        if (step + 1) % check_every == 0 and bool(done.all()):
-            break
-    out = {"eval_return_mean": ret.mean(), "eval_length_mean": length.mean()}
-    if success is not None:
-        out["eval_success_rate"] = success.float().mean()
-    return {k: float(v) for k, v in zip(out, torch.stack(list(out.values())).tolist())}
+        return action, out.carry
+
+    return run_eval_episodes(
+        env, act, seed=seed, max_steps=max_steps, init_carry=h.initial_carry, reset_carry=h.reset_carry
+    )
 
 
 def opt_state_to_dict(state: Any) -> dict[str, Any]:
@@ -277,17 +258,25 @@ class _Timer:
         return {k: round(v, 5) for k, v in self.out.items()}
 
 
-def _batch_stats(h: Hierarchy, batch, prep, r_in, result) -> dict[str, torch.Tensor]:
-    """Device scalars: episode returns, success, rewards, segments, subpolicy usage."""
-    done = batch.terminated | batch.truncated
+def _batch_stats(h: Hierarchy, env, batch, prep, r_in, result) -> dict[str, torch.Tensor]:
+    """Device scalars: episode returns, success, rewards, segments, subpolicy usage.
+
+    ``success_rate``: the episodes that ended in the batch and succeeded, by `step_success`'s rule for an
+    env whose info does not reach the batch: ``compute_terminated`` on the true final observation
+    (``next_obs`` at an episode end). An env without that rule (a wrapped goal env, whose success
+    lives in ``info["is_success"]``) logs none: termination is not success in general.
+    """
     out = {
         "episodes": result.episode_count.float(),
         "episode_return_sum": result.episode_return_sum.float(),
         "r_ext_mean": batch.rewards.float().mean(),
         "r_in_mean": r_in.float().mean(),
     }
-    if h.is_dict:  # our goal envs terminate exactly when the goal is reached
-        out["success_rate"] = (batch.terminated & done).sum() / done.sum().clamp_min(1)
+    final = batch.next_obs
+    if h.is_dict and "achieved_goal" in final and hasattr(env, "compute_terminated"):
+        done = batch.terminated | batch.truncated
+        ok = torch.as_tensor(env.compute_terminated(final["achieved_goal"], final["desired_goal"])).bool()
+        out["success_rate"] = (ok & done).sum() / done.sum().clamp_min(1)
     if prep.smdp is not None:
         ended = prep.smdp.mask.sum().clamp_min(1)
         out["subgoal_reached_rate"] = (prep.reached & prep.seg_end).sum() / ended
@@ -334,48 +323,56 @@ _REQUIRED = (
 )
 
 
+class LearnerState(NamedTuple):
+    """What the inner and outer loops update: the subpolicies θ and their inner optimizer's state, the
+    shaping φ and its outer optimizer's state."""
+
+    theta: dict[str, torch.Tensor]
+    inner_state: Any
+    phi: dict[str, torch.Tensor]
+    outer_state: Any
+
+
+class LoopState(NamedTuple):
+    """Where the loop stands after an iteration: counters, the env's observation and the rollout carry
+    to continue from, the last evaluation, and the manager's rows not yet trained on."""
+
+    iteration: int
+    env_steps: int
+    obs: Any
+    carry: dict[str, Any]
+    last_eval: dict[str, float]
+    outer_skipped: int
+    mgr_rows: list[dict[str, torch.Tensor]]
+
+
 def _checkpoint(
-    iteration,
-    env_steps,
-    theta,
-    inner_state,
-    phi,
-    outer_state,
-    h,
-    critic_opt,
-    mgr_opt,
-    env,
-    obs,
-    carry,
-    collect,
-    last_eval,
-    outer_skipped,
-    mgr_rows,
+    loop: LoopState, learner: LearnerState, h: Hierarchy, critic_opt, mgr_opt, env, collect
 ) -> dict[str, Any]:
     has_state = envs.supports_state(env)
     return {
-        "iteration": iteration,
-        "env_steps": env_steps,
-        "theta": theta,
-        "inner_state": opt_state_to_dict(inner_state),
-        "phi": phi,
-        "outer_state": opt_state_to_dict(outer_state),
+        "iteration": loop.iteration,
+        "env_steps": loop.env_steps,
+        "theta": learner.theta,
+        "inner_state": opt_state_to_dict(learner.inner_state),
+        "phi": learner.phi,
+        "outer_state": opt_state_to_dict(learner.outer_state),
         "critics": h.critics.state_dict(),
         "critic_opt": critic_opt.state_dict(),
         "manager": None if h.manager is None else h.manager.state_dict(),
         "manager_opt": None if mgr_opt is None else mgr_opt.state_dict(),
         "obs_norm": None if h.rms is None else h.rms.state_dict(),
         "env": dataclasses.asdict(env.get_state()) if has_state else None,
-        "obs": obs if has_state else None,
-        "carry": carry if has_state else None,
+        "obs": loop.obs if has_state else None,
+        "carry": loop.carry if has_state else None,
         "rollout": collect.state_dict(),
-        "last_eval": last_eval,
-        "outer_skipped": outer_skipped,
-        "mgr_rows": mgr_rows,
+        "last_eval": loop.last_eval,
+        "outer_skipped": loop.outer_skipped,
+        "mgr_rows": loop.mgr_rows,
     }
 
 
-def _restore(st, h: Hierarchy, critic_opt, mgr_opt, device):
+def _restore(st, h: Hierarchy, critic_opt, mgr_opt, device) -> LearnerState:
     if (h.rms is None) != (st["obs_norm"] is None):
         raise ValueError(
             f"saved with norm_obs={st['obs_norm'] is not None}, this run has norm_obs={h.rms is not None}"
@@ -393,7 +390,7 @@ def _restore(st, h: Hierarchy, critic_opt, mgr_opt, device):
         h.rms.load_state_dict(st["obs_norm"])
     inner = opt_state_from_dict(st["inner_state"], device)
     outer = opt_state_from_dict(st["outer_state"], device)
-    return theta, inner, phi, outer
+    return LearnerState(theta, inner, phi, outer)
 
 
 def _to(x: Any, device) -> Any:

@@ -24,19 +24,26 @@ import math
 import time
 from typing import Any, ClassVar
 
-import gymnasium as gym
 import torch
 
 import envs
 from envs.core import EnvState, TorchVectorEnv
 from hrl_nested.algos import ConfigError, Task, check, finite_float, positive_int, resolve_device
 from hrl_nested.batch import tree_map
+from hrl_nested.evaluation import run_eval_episodes, step_success
 from hrl_nested.networks import ActorCritic, actor_critic_apply
 from hrl_nested.obs_norm import ObsNormalizer
 from hrl_nested.ppo_objective import PPOStats, ppo_objective
 from hrl_nested.returns import gae
 from hrl_nested.rollout import CAPTURE_MODES, PolicyOutput, actor_critic_policy, make_rollout
-from hrl_nested.tracking import CheckpointError, Run, require_keys, set_rng_state
+from hrl_nested.tracking import (
+    CheckpointError,
+    Run,
+    checkpoint_fits,
+    require_keys,
+    reset_for_resume,
+    set_rng_state,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,14 +212,7 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
         if restored_obs is not None:
             obs = restored_obs
         else:  # the learner continues; the simulator's episodes start afresh, from a seed of their own
-            reset_seed = task.seed + 1_000_003 * start_iteration
-            obs, _ = env.reset(seed=reset_seed)
-            print(
-                f"resume: {task.env} keeps its state in a simulator, which a checkpoint cannot hold; the "
-                f"learner (agent, optimizer, obs statistics, RNG, counters) is restored and the envs start "
-                f"fresh episodes (reset seed {reset_seed})",
-                flush=True,
-            )
+            obs = reset_for_resume(env, task.env, task.seed, start_iteration)
     run.start()  # the run directory changes only now, with the checkpoint (if any) loaded
     solved_at, eval_time = None, 0.0
 
@@ -266,6 +266,7 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
         stats /= cfg.update_epochs * cfg.num_minibatches
 
         # ---- log (the iteration's one host copy), evaluate, checkpoint
+        env.raise_pending()  # deferred invalid-action checks (validate=True) surface here; free if none
         row: dict[str, Any] = {
             "iteration": iteration + 1,
             "env_steps": env_steps,
@@ -384,51 +385,22 @@ def evaluate(
     Returns:
         ``eval_return_mean``, ``eval_length_mean`` and, on goal envs (or ``info["is_success"]`` /
         ``info["success"]``),
-        ``eval_success_rate`` (success on an episode's last step, see `_success`).
+        ``eval_success_rate`` (success on an episode's last step, see
+        `hrl_nested.evaluation.step_success`).
     """
-    obs, _ = env.reset(seed=seed)
-    n, device = env.num_envs, env.device
     params = dict(agent.named_parameters())
     stats = None if rms is None else rms.stats()
     discrete = agent.log_std is None
-    ret = torch.zeros(n, device=device)
-    length = torch.zeros(n, device=device)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    success, stopped_early = None, False
-    limit = env.max_episode_steps or max_steps
-    # On a CPU the "all done?" check is free; on a GPU it is a sync, so only look now and then.
-    check_every = 1 if device.type == "cpu" else 32
-    for step in range(limit):
+
+    def act(obs: Any, carry: None) -> tuple[torch.Tensor, None]:
         x = obs if stats is None else rms.apply(obs, stats)
         out, _ = actor_critic_apply(agent, params, x, critic=False)
         if discrete:
-            env_action = out.argmax(-1)
-        else:
-            dist = agent.distribution(out)
-            env_action = dist.env_action(dist.mode()) if hasattr(dist, "env_action") else dist.mode()
-        obs, reward, terminated, truncated, info = env.step(env_action)
-        ret += torch.where(done, 0.0, reward.to(ret.dtype))
-        length += ~done
-        ended = terminated | truncated
-        step_success = _success(env, info)
-        if step_success is not None:
-            success = torch.zeros(n, dtype=torch.bool, device=device) if success is None else success
-            success |= ended & step_success & ~done
-        done |= ended
-        if (step + 1) % check_every == 0:
-            if bool(done.all()):
-                break
-            if stop_if_below is not None:
-                best = torch.where(done, ret, stop_if_below[1]).sum()  # unfinished ones at the bound
-                if bool(best < n * stop_if_below[0]):
-                    stopped_early = True
-                    break
-    out = {"eval_return_mean": ret.mean(), "eval_length_mean": length.mean()}
-    if stopped_early:
-        out["eval_stopped_early"] = torch.ones((), device=device)
-    if success is not None:
-        out["eval_success_rate"] = success.float().mean()
-    return {k: float(v) for k, v in zip(out, torch.stack(list(out.values())).tolist())}
+            return out.argmax(-1), None
+        dist = agent.distribution(out)
+        return dist.env_action(dist.mode()), None
+
+    return run_eval_episodes(env, act, seed=seed, max_steps=max_steps, stop_if_below=stop_if_below)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -462,41 +434,7 @@ def _time_first_call(fn, into: dict[str, float], name: str, device: torch.device
     return timed
 
 
-# Gymnasium-Robotics: the Fetch and Shadow-hand tasks report "is_success", the mazes "success".
-_SUCCESS_KEYS = ("is_success", "success")
-
-
-def _success(env: TorchVectorEnv, info: dict[str, Any]) -> torch.Tensor | None:
-    """Per-env success of this step, or None when the env reports none.
-
-    Read from ``info["is_success"]`` or ``info["success"]`` (Gymnasium-Robotics envs, wrapped); for an env
-    that ended this step in SAME_STEP mode, from ``info["final_info"]`` (``info`` then holds the new
-    episode's reset info). Goal envs that report neither: ``compute_terminated`` on the true final
-    observation.
-    """
-    final_info = info.get("final_info")
-    final_info = final_info if isinstance(final_info, dict) else {}
-    for key in _SUCCESS_KEYS:
-        if key not in info and key not in final_info:
-            continue
-        out = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
-        if key in info:
-            out = _masked_flag(info, key, env)
-        if key in final_info and "_final_obs" in info:
-            ended = torch.as_tensor(info["_final_obs"], device=env.device).bool()
-            out = torch.where(ended, _masked_flag(final_info, key, env), out)
-        return out
-    final = info.get("final_obs")
-    if isinstance(final, dict) and "achieved_goal" in final and hasattr(env, "compute_terminated"):
-        return torch.as_tensor(env.compute_terminated(final["achieved_goal"], final["desired_goal"])).bool()
-    return None
-
-
-def _masked_flag(info: dict[str, Any], key: str, env: Any) -> torch.Tensor:
-    """``info[key]`` as a ``(num_envs,)`` bool tensor, False where Gymnasium's ``info["_" + key]`` mask is."""
-    value = torch.as_tensor(info[key], device=env.device).bool().reshape(-1).expand(env.num_envs)
-    mask = info.get("_" + key)
-    return value if mask is None else value & torch.as_tensor(mask, device=env.device).bool()
+_success = step_success  # the rule's old home: callers and tests import it from here
 
 
 def _normalized(obs: Any, rms: ObsNormalizer | None) -> Any:
@@ -559,7 +497,7 @@ def _restore(state, path, agent, optimizer, rms, env, collect, device) -> tuple[
             f"norm_obs={rms is not None}; resume with the run's own --ppo.norm-obs"
         )
     restore_env = envs.supports_state(env) and state["env"] is not None and state["obs"] is not None
-    try:
+    with checkpoint_fits(path, "; it was written by a run with other network sizes, batch shape or env"):
         agent.load_state_dict(state["agent"])
         optimizer.load_state_dict(state["optimizer"])
         if rms is not None:
@@ -571,12 +509,6 @@ def _restore(state, path, agent, optimizer, rms, env, collect, device) -> tuple[
             obs = state["obs"]
             obs = {k: v.to(device) for k, v in obs.items()} if isinstance(obs, dict) else obs.to(device)
         set_rng_state(state["rng"])
-    except (RuntimeError, ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(
-            f"checkpoint {path} does not fit this run ({type(e).__name__}: {first[:300]}); it was written "
-            "by a run with other network sizes, batch shape or env"
-        ) from None
     return int(state["iteration"]), int(state["env_steps"]), obs, dict(state.get("last_eval") or {})
 
 
@@ -584,10 +516,11 @@ def _make_env(env_id: str, num_envs: int, device: torch.device) -> Any:
     """A SAME_STEP env for training or evaluation; an env that cannot be made is a `ConfigError` on --env."""
     try:
         return envs.make(env_id, num_envs, device=device, autoreset_mode="same_step", validate=False)
-    except (ValueError, ImportError, AttributeError, gym.error.Error) as e:
+    except Exception as e:  # whatever a user's env constructor raises (TypeError for a non-env class, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(
             "env",
             "a Gymnasium id, 'module:EnvId' or 'package.module:Class'",
             env_id,
-            note=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            note=f"{type(e).__name__}: {first}" if first else type(e).__name__,
         ) from None
