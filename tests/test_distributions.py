@@ -69,7 +69,16 @@ def test_gaussian_hand_computed():
     assert d.entropy().item() == pytest.approx(1.0 + math.log(2 * math.pi))
 
 
-@pytest.mark.parametrize("bounds", [None, (np.array([-2.0, 0.0]), np.array([2.0, 1.0]))])
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        None,
+        (np.array([-2.0, 0.0]), np.array([2.0, 1.0])),  # scales 2 and 0.5: their logs cancel in the sum
+        (np.array([-1.0, 0.0]), np.array([3.0, 0.5])),  # scales 2 and 0.25, off-centre: the log(scale)
+        (np.array([0.0, -5.0]), np.array([6.0, 5.0])),  # term counts (issue 15 item 1); scales 3 and 5
+    ],
+    ids=["unit", "scales-cancel", "asymmetric", "wide"],
+)
 def test_tanh_log_prob_change_of_variables(bounds):
     g = torch.Generator().manual_seed(0)
     mean = torch.randn(7, 2, generator=g, dtype=torch.float64)

@@ -167,9 +167,10 @@ def test_fast_tanh_equals_tanh_with_gradients():
     assert isinstance(MLP(2, 1, activation=torch.nn.ReLU)[1], torch.nn.ReLU)
 
 
-def test_fast_tanh_sigmoid_form_for_large_cpu_tensors():
-    # Large tensors take the ``2 sigmoid(2x) - 1`` branch, small ones ``torch.tanh``: both equal tanh.
-    for n in (100, 64 * 128):
+def test_fast_tanh_is_tanh_at_every_size():
+    # It once took a ``2 sigmoid(2x) - 1`` branch above 4096 elements on CPU; now it is nn.Tanh itself.
+    assert FastTanh.forward is torch.nn.Tanh.forward
+    for n in (100, 4095, 4096, 64 * 128):
         x = (torch.randn(n, dtype=torch.float64) * 10).requires_grad_(True)
         y = FastTanh()(x)
         torch.testing.assert_close(y, torch.tanh(x), atol=1e-15, rtol=1e-12)

@@ -49,6 +49,24 @@ def test_prepare_run_dir_refuses_a_non_empty_dir_unless_resuming(tmp_path):
         prepare_run_dir(tmp_path / "missing", resume=True)
 
 
+def test_a_fresh_run_creates_its_directory_only_when_it_starts(tmp_path):
+    """A run that fails between construction and `start` (a bad --env, a failed capture) leaves nothing."""
+    run_dir = tmp_path / "a" / "run"
+    run = Run(run_dir, config={"x": 1}, algo="ppo", env="E", seed=0, total_steps=10, progress=False)
+    assert not run_dir.exists() and not (tmp_path / "a").exists()
+    run.close(exit_code=1)  # the "failed start"
+    assert not (tmp_path / "a").exists()
+    run_dir.mkdir(parents=True)
+    (run_dir / "other.txt").write_text("someone else's file")
+    with pytest.raises(RunDirError, match="not empty"):  # still checked at construction
+        Run(run_dir, config={}, algo="ppo", env="E", seed=0, total_steps=10, progress=False)
+    (run_dir / "other.txt").unlink()
+    run = Run(run_dir, config={"x": 1}, algo="ppo", env="E", seed=0, total_steps=10, progress=False)
+    (run_dir / "late.txt").write_text("written between the check and start")
+    with pytest.raises(RunDirError, match="not empty"):  # and again when the directory is opened
+        run.start()
+
+
 def test_default_run_dir_is_filesystem_safe():
     path = tracking.default_run_dir("ppo", "hrl_nested/CartPole-v1", 3)
     assert path.parent.name == "runs"
@@ -105,6 +123,35 @@ def test_corrupt_or_missing_checkpoint_gives_a_clear_error(tmp_path):
         load_checkpoint(path)
 
 
+class _Foreign:
+    """A pickled custom class: ``weights_only=True`` refuses it, and torch's message advises how to load it
+    unsafely, with ANSI colour codes."""
+
+    def __init__(self):
+        self.payload = [1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", ["foreign_pickle", "random_bytes", "empty"])
+def test_corrupt_checkpoint_message_names_the_file_and_never_advises_unsafe_loading(tmp_path, kind):
+    path = tmp_path / "checkpoint.pt"
+    if kind == "foreign_pickle":
+        torch.save({"env_steps": 1, "iteration": 1, "obj": _Foreign()}, path)
+    elif kind == "random_bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(path)
+    msg = str(exc.value)
+    assert str(path) in msg
+    assert "\x1b" not in msg and "[0m" not in msg, msg
+    assert "weights_only" not in msg and "can still be loaded" not in msg, msg
+    assert "\n" not in msg, msg
+    reason = msg[msg.index("(") + 1 : msg.index(")")]
+    name, _, text = reason.partition(":")
+    assert name.strip() and text.strip(), msg  # an exception name and a non-empty reason, never "(X: )"
+
+
 def test_rng_state_roundtrip():
     state = tracking.rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(()).item())
@@ -156,7 +203,7 @@ def test_run_resume_cuts_metrics_back_and_keeps_the_wandb_id(tmp_path):
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     run_dir = tmp_path / "run"
     kwargs = dict(config={}, algo="ppo", env="E", seed=0, total_steps=10, progress=False)
-    Run(run_dir, **kwargs).close()
+    Run(run_dir, **kwargs).start().close()  # started, then stopped before its first checkpoint
     with pytest.raises(CheckpointError, match="no checkpoint"):
         Run(run_dir, resume=True, **kwargs)
 

@@ -106,3 +106,38 @@ def test_configs_validate_themselves_in_library_use():
         train(Task(device="cpu", total_steps=64, num_envs=4), PPOConfig(clip_coef=-0.2))
     PPOConfig().validate(Task())  # the defaults are valid
     assert ConfigError("num_envs", "a positive int", 0).flag == "--num-envs"
+
+
+@pytest.mark.parametrize(
+    "env_id, why",
+    [("does_not_exist:Nope", "No module named 'does_not_exist'"), ("gymnasium.spaces:Box", "TypeError")],
+    ids=["missing-module", "not-an-env-class"],
+)
+def test_an_env_that_cannot_be_made_is_a_flag_error_and_leaves_no_run_dir(tmp_path, env_id, why):
+    """The env is built inside `train`, after the run is set up: the run directory must still not exist."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *BASE, "--env", env_id, "--run-dir", str(run_dir)],
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:"))
+    assert "--env" in line and f"got {env_id}" in line and why in line, line
+    assert not run_dir.exists()
+
+
+def test_device_is_checked_in_one_place():
+    """`Task.validate` and the algorithms' `resolve_device` give the same verdict and the same message."""
+    from hrl_nested.algos import resolve_device
+
+    bad = ["nonsense", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:0"])
+    for device in bad:
+        with pytest.raises(ConfigError) as from_task:
+            Task(device=device).validate()
+        with pytest.raises(ConfigError) as from_resolve:
+            resolve_device(device)
+        assert str(from_resolve.value) == str(from_task.value)
+        assert from_resolve.value.flag == "--device" and f"got {device}" in str(from_resolve.value)
+    assert resolve_device("cpu") == torch.device("cpu")
+    Task(device="cpu").validate()
