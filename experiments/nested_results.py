@@ -12,7 +12,8 @@ Writes ``OUT/results.md`` (per row: seeds reaching 0.9 eval success within the b
 to 0.9, final success mean and 95% bootstrap interval), ``OUT/results.json`` (what the table used) and
 ``OUT/curves_<task>.png`` (eval success against env steps, mean and 95% interval over seeds).
 
-Seeds: the table uses seeds 100-... (``--first-seed``); tuning used seeds 0-9, so the two never overlap.
+Seeds: the table uses seeds 100-... (``--first-seed``); every algorithm runs with its shipped defaults,
+which were not tuned on these seeds (flat PPO's were tuned on CartPole seeds 0-31).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +55,11 @@ def run_one(run_dir: Path, flags: list[str], env: str, steps: int, seed: int, ex
     if (run_dir / "checkpoint.pt").is_file():
         argv = ["--resume", str(run_dir), "--total-steps", str(steps)]
     else:
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            # Stopped before its first checkpoint (checkpoints are not committed): nothing to resume from,
+            # so the run starts over; its partial rows would otherwise block the fresh --run-dir.
+            print(f"{run_dir}: unfinished and without a checkpoint; starting it again", flush=True)
+            shutil.rmtree(run_dir)
         argv = [*flags, "--env", env, "--total-steps", str(steps), "--seed", str(seed),
                 "--run-dir", str(run_dir),
                 "--wandb-mode", "disabled", *extra]  # fmt: skip
@@ -147,10 +154,14 @@ def write_markdown(path: Path, table: dict, args) -> None:
     lines = [
         "# Nested HRL results",
         "",
-        f"Seeds {args.first_seed}- (tuning used seeds 0-9). A seed is solved when an evaluation reaches "
-        f"{SOLVED} success within the budget; the final-success interval is a 95% bootstrap of the mean.",
+        f"Seeds {args.first_seed} and up, each algorithm with its shipped defaults (no hyperparameter was "
+        "tuned on these seeds). A seed is solved when an evaluation reaches "
+        f"{SOLVED} success within the budget; the final-success interval is a 95% bootstrap of the mean. "
+        "`seeds` counts the finished runs out of the planned ones: rows with fewer are incomplete "
+        "(rerun the script to continue them).",
         "",
-        "| task | algorithm | budget | seeds | solved | median steps to 0.9 | final success (95% CI) |",
+        "| task | algorithm | budget | seeds (done/planned) | solved | median steps to 0.9 "
+        "| final success (95% CI) |",
         "|---|---|---|---|---|---|---|",
     ]
     for task, rows in table.items():
@@ -165,7 +176,8 @@ def write_markdown(path: Path, table: dict, args) -> None:
                 )
             )
             lines.append(
-                f"| {task} | {name} | {r['budget']} | {r['seeds']} | {r['solved']} | {med} | {fin} |"
+                f"| {task} | {name} | {r['budget']} | {r['seeds']}/{r.get('planned', r['seeds'])} | "
+                f"{r['solved']} | {med} | {fin} |"
             )
         ablation = {n: r for n, r in rows.items() if "s_per_iteration" in r}
         if ablation:
@@ -191,6 +203,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--first-seed", type=int, default=100)
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every budget (smoke runs)")
     p.add_argument("--ablation-task", default="hrl_nested/FourRooms-v0")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the table, JSON and plots from the runs that have finished so far "
+        "(each row says how many of its planned seeds are in)",
+    )
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every train.py run")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -215,18 +233,30 @@ def main(argv: list[str] | None = None) -> dict:
             curves = {}
             for s in seeds:
                 run_dir = out / "runs" / name.replace("/", "-") / task.replace("/", "_") / f"seed-{s}"
-                run_one(run_dir, flags, task, budget, s, args.extra)
+                if args.report_only and not (run_dir / "summary.json").is_file():
+                    continue  # not finished yet: left out of the row, which says so
+                if not args.report_only:
+                    run_one(run_dir, flags, task, budget, s, args.extra)
                 curves[s] = _curve(run_dir)
-            rows[name] = {"curves": curves, **summarize(curves, budget), "budget": budget}
+            if not curves:
+                continue
+            rows[name] = {
+                "curves": curves,
+                **summarize(curves, budget),
+                "budget": budget,
+                "planned": len(seeds),
+            }
             if name in ABLATION:
                 rows[name].update(
                     _estimator_stats(
                         [
                             out / "runs" / name.replace("/", "-") / task.replace("/", "_") / f"seed-{s}"
-                            for s in seeds
+                            for s in curves
                         ]
                     )
                 )
+        if not rows:
+            continue
         table[task] = rows
         plot_curves(
             out / f"curves_{task.replace('/', '_')}.png", task, {k: v["curves"] for k, v in rows.items()}

@@ -556,3 +556,614 @@ def test_tanh_log_det_on_3d_input_against_finite_differences():
     torch.testing.assert_close(d._log_det(u), log_det, rtol=0.0, atol=1e-7)
     gauss = torch.distributions.Normal(mean, log_std.exp()).log_prob(u).sum(-1)
     torch.testing.assert_close(d.log_prob(u), gauss - log_det, rtol=0.0, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------ rollout (group rollout)
+# Explained as equivalent or out of reach on CPU (not killed here):
+# - CUDA-only branches of `Collector.__init__` / `_collect` (pinning "cuda" to an index, "auto" choosing
+#   "cuda_graph", ``_graph`` / ``_graph_out`` initial values, the "cuda_graph on a CPU env" check's string
+#   constant): `test_cuda_graph_equals_eager_after_param_update` (marked ``cuda``) covers them on a GPU.
+# - ``device=dev`` dropped from the accumulators or the bounds: the same tensor on CPU.
+# - ``dtype=dt`` dropped (or ``dt`` None) in the bounds: ``as_tensor`` keeps the space's own dtype, and
+#   ``torch.minimum`` / ``maximum`` promote to the action's dtype, so the clipped values are identical.
+# - ``torch.compile(..., dynamic=None / True / no dynamic=)``: the same compiled function, only its
+#   recompilation policy differs (no observable value); torch.compile tests are left out of mutation
+#   runs for time (tools/mutation.py) and `test_compiled_step_equals_eager` covers compiled steps.
+# - `_warm_up`'s CUDA side stream and `_snapshot` / `_rewind`'s CUDA RNG state: CUDA only, as above.
+# - ``self._warmed_up = None / False`` at the end of `_warm_up`: the "static" mode then warms up (and
+#   rewinds) on every call instead of the first; on CPU that leaves no trace either.
+# - ``self._warmed_up = None``: falsy like False. ``= True`` skips the "static" mode's warm-up, which
+#   on CPU leaves no trace by design (it is rewound); it matters only before a CUDA graph capture.
+# - ``_run``: ``device=x.device`` dropped from the buffers: CPU either way.
+# - ``_leaves``: ``out.append(t) and t`` returns None to a ``tree_map`` whose result is discarded.
+def _rollout_env(n=4, **kw):
+    import envs
+
+    return envs.make(
+        "hrl_nested/CartPole-v1", n, autoreset_mode="same_step", validate=False, max_episode_steps=8, **kw
+    )
+
+
+def _cartpole_agent(env):
+    from hrl_nested.networks import ActorCritic
+
+    torch.manual_seed(0)
+    return ActorCritic(env.single_observation_space, env.single_action_space)
+
+
+class _EnvProxy:
+    """A real env seen through a proxy: ``hide`` makes attributes missing, keywords override them, and
+    ``step`` records the actions the env receives."""
+
+    def __init__(self, env, hide=(), **override):
+        self._env, self._hide, self.seen = env, set(hide), []
+        self.__dict__.update(override)
+
+    def __getattr__(self, name):
+        if name in self._hide:
+            raise AttributeError(name)
+        return getattr(self._env, name)
+
+    def step(self, action):
+        self.seen.append(action.clone())
+        return self._env.step(action)
+
+
+def test_static_buffers_reject_a_dtype_only_or_shape_only_change_with_a_message():
+    """Kills ``or`` -> ``and`` in `_copy_tree`'s check (a change of dtype *or* shape alone must raise),
+    its messages (``None``, ``tuple(None)``) and the names `_collect` gives them (params, obs, carry)."""
+    from hrl_nested.networks import params_of
+    from hrl_nested.rollout import actor_critic_policy, make_rollout
+
+    env = _rollout_env()
+    ac = _cartpole_agent(env)
+    collect = make_rollout(env, actor_critic_policy(ac), 2, capture="static")
+    obs, _ = env.reset(seed=0)
+    collect(params_of(ac), obs)
+    with pytest.raises(
+        ValueError,
+        match=r"^obs: expected torch.float32 \(4, 4\) as in the first call, got torch.float64 \(4, 4\)$",
+    ):
+        collect(params_of(ac), obs.double())
+    with pytest.raises(
+        ValueError,
+        match=r"^obs: expected torch.float32 \(4, 4\) as in the first call, got torch.float32 \(2, 8\)$",
+    ):
+        collect(params_of(ac), obs.reshape(2, 8))
+    with pytest.raises(
+        ValueError, match=r"^carry: expected the structure of the first call \(0 tensors\), got 1$"
+    ):
+        collect(params_of(ac), obs, torch.zeros(4))
+    doubled = {k: v.double() for k, v in params_of(ac).items()}
+    with pytest.raises(
+        ValueError, match=r"^params: expected torch.float32 .* as in the first call, got torch.float64"
+    ):
+        collect(doubled, obs)
+
+
+def test_actor_critic_policy_outputs_for_a_gaussian_and_a_categorical_policy():
+    """Kills `actor_critic_policy` returning None for the Gaussian's logprob, value, carry or
+    env_action, the carry in env_action's place, or a dropped carry for a categorical policy."""
+    import gymnasium as gym
+
+    from hrl_nested.networks import ActorCritic, actor_critic_apply, params_of
+    from hrl_nested.rollout import actor_critic_policy
+
+    obs, carry = torch.randn(5, 3), {"goal": torch.arange(5.0)}
+    for act_space in (gym.spaces.Box(-2.0, 1.0, (2,)), gym.spaces.Discrete(3)):
+        torch.manual_seed(1)
+        ac = ActorCritic(gym.spaces.Box(-1, 1, (3,)), act_space)
+        out = actor_critic_policy(ac)(params_of(ac), obs, carry)
+        dist_params, value = actor_critic_apply(ac, params_of(ac), obs)
+        dist = ac.distribution(dist_params)
+        assert out.carry is carry
+        torch.testing.assert_close(out.value, value)
+        torch.testing.assert_close(out.logprob, dist.log_prob(out.action))
+        if isinstance(act_space, gym.spaces.Box):
+            torch.testing.assert_close(out.env_action, dist.env_action(out.action))
+        else:
+            assert out.env_action is None
+
+
+def test_make_rollout_num_steps_checks():
+    """Kills ``num_steps < 1`` -> ``< 2`` / ``<= 1`` (one step is a valid rollout) and ``or`` -> ``and``
+    in the type check (a float must be refused)."""
+    from hrl_nested.networks import params_of
+    from hrl_nested.rollout import actor_critic_policy, make_rollout
+
+    env = _rollout_env()
+    ac = _cartpole_agent(env)
+    obs, _ = env.reset(seed=0)
+    assert make_rollout(env, actor_critic_policy(ac), 1)(params_of(ac), obs).batch.rewards.shape == (1, 4)
+    for bad in (2.0, True, 0):
+        with pytest.raises(ValueError, match=rf"^num_steps: expected a positive int, got {bad!r}$"):
+            make_rollout(env, actor_critic_policy(ac), bad)
+
+
+def test_autoreset_mode_is_read_from_the_attribute_or_else_the_metadata():
+    """Kills the mutants of ``getattr(env, "autoreset_mode", None) or env.metadata.get("autoreset_mode")``:
+    an env may declare SAME_STEP in either place; and the NEXT_STEP message's text."""
+    from gymnasium.vector import AutoresetMode
+
+    from hrl_nested.rollout import actor_critic_policy, make_rollout
+
+    env = _rollout_env()
+    policy = actor_critic_policy(_cartpole_agent(env))
+    same = AutoresetMode.SAME_STEP
+    make_rollout(_EnvProxy(env, hide=["autoreset_mode"], metadata={"autoreset_mode": same}), policy, 2)
+    make_rollout(_EnvProxy(env, autoreset_mode=same, metadata={}), policy, 2)
+    nxt = _EnvProxy(env, hide=["autoreset_mode"], metadata={"autoreset_mode": AutoresetMode.NEXT_STEP})
+    with pytest.raises(
+        ValueError,
+        match=r"got AutoresetMode.NEXT_STEP; NEXT_STEP would put a dummy reset transition into the batch$",
+    ):
+        make_rollout(nxt, policy, 2)
+
+
+def test_collect_calls_raise_pending_once_when_the_env_has_it_and_works_without():
+    """Kills the mutants of ``raise_pending = getattr(self.env, "raise_pending", None)`` and of its
+    ``is not None`` test: called once per collect, and an env without it (no default) still works."""
+    from hrl_nested.networks import params_of
+    from hrl_nested.rollout import actor_critic_policy, make_rollout
+
+    env = _rollout_env()
+    ac = _cartpole_agent(env)
+    obs, _ = env.reset(seed=0)
+    calls = []
+    counting = _EnvProxy(env, raise_pending=lambda: calls.append(1))
+    make_rollout(counting, actor_critic_policy(ac), 3)(params_of(ac), obs)
+    assert calls == [1]
+    without = _EnvProxy(env, hide=["raise_pending"])
+    assert make_rollout(without, actor_critic_policy(ac), 3)(params_of(ac), obs).batch.rewards.shape == (3, 4)
+
+
+def test_capture_modes_that_rewind_refuse_an_env_without_state_and_none_accepts_it():
+    """Kills the mutants of ``self.mode in ("cuda_graph", "static") and not can_rewind`` and its message."""
+    from hrl_nested.networks import params_of
+    from hrl_nested.rollout import actor_critic_policy, make_rollout
+
+    env = _rollout_env()
+    ac = _cartpole_agent(env)
+    no_state = _EnvProxy(env, supports_state=False)
+    for capture in ("static", "cuda_graph"):
+        with pytest.raises(
+            ValueError,
+            match=rf"^capture='{capture}': expected an env with get_state/set_state, got _EnvProxy \(",
+        ):
+            make_rollout(no_state, actor_critic_policy(ac), 2, capture=capture)
+    for capture in ("none", "auto"):
+        collect = make_rollout(no_state, actor_critic_policy(ac), 2, capture=capture)
+        assert collect.mode == "none"
+        obs, _ = env.reset(seed=0)
+        collect(params_of(ac), obs)
+
+
+def test_episode_accumulators_take_the_env_dtype_and_default_to_float32():
+    """Kills a dropped or None ``dtype`` of the episode-return accumulator and ``getattr`` mutants:
+    a float64 env keeps float64 returns; an env with no ``dtype`` gets float32."""
+    from hrl_nested.networks import params_of
+    from hrl_nested.rollout import actor_critic_policy, make_rollout
+
+    env = _rollout_env(dtype=torch.float64)
+    ac = _cartpole_agent(env).double()
+    collect = make_rollout(env, actor_critic_policy(ac), 12)
+    obs, _ = env.reset(seed=0)
+    res = collect(params_of(ac), obs)
+    assert res.episode_count > 0
+    assert collect.state_dict()["episode_return"].dtype == torch.float64
+    assert res.episode_return_sum.dtype == torch.float64
+    no_dtype = _EnvProxy(_rollout_env(), hide=["dtype"])
+    assert (
+        make_rollout(no_dtype, actor_critic_policy(ac), 2).state_dict()["episode_return"].dtype
+        == torch.float32
+    )
+
+
+def test_box_actions_reach_the_env_clipped_to_the_space():
+    """Kills ``space = None`` and ``np.all(None)`` for the bounds: the env must receive the clipped
+    action (the batch keeps the unclipped one). The policy gives no ``env_action``, so nothing but the
+    collector clips (a Gaussian's ``env_action`` would already be inside the box)."""
+    from test_rollout import LineGoalEnv
+
+    from hrl_nested.rollout import PolicyOutput, make_rollout
+
+    def wide_policy(params, obs, carry):
+        a = 3.0 * torch.randn(obs["observation"].shape)
+        return PolicyOutput(a, torch.zeros(len(a)), torch.zeros(len(a)), carry)
+
+    # No ``dtype`` attribute (kills ``getattr(env, "dtype", )`` for the bounds): float32 by default.
+    env = _EnvProxy(LineGoalEnv(8, autoreset_mode="same_step", validate=False), hide=["dtype"])
+    obs, _ = env.reset(seed=3)
+    torch.manual_seed(0)
+    res = make_rollout(env, wide_policy, 6)({}, obs)
+    sent = torch.stack(env.seen)
+    assert res.batch.actions.abs().max() > 1.0 and sent.abs().max() <= 1.0
+    torch.testing.assert_close(sent, res.batch.actions.clamp(-1.0, 1.0))
+    # Kills ``out.action if ... or True``: a policy's env_action, when given, is what the env receives.
+    quarter = lambda p, o, c: wide_policy(p, o, c)._replace(env_action=torch.full((8, 1), 0.25))  # noqa: E731
+    env.seen.clear()
+    make_rollout(env, quarter, 2)({}, obs)
+    assert all(torch.equal(a, torch.full((8, 1), 0.25)) for a in env.seen)
+
+
+def test_load_state_dict_errors_name_the_accumulator():
+    """Kills the names `load_state_dict` gives `_copy_tree` (None, renamed); ``.to(None)`` is a no-op."""
+    from hrl_nested.rollout import actor_critic_policy, make_rollout
+
+    env = _rollout_env()
+    collect = make_rollout(env, actor_critic_policy(_cartpole_agent(env)), 2)
+    good = collect.state_dict()
+    with pytest.raises(
+        ValueError, match=r"^episode_return: expected torch.float32 \(4,\) as in the first call"
+    ):
+        collect.load_state_dict({**good, "episode_return": torch.zeros(4, dtype=F64)})
+    with pytest.raises(
+        ValueError, match=r"^episode_length: expected torch.int64 \(4,\) as in the first call"
+    ):
+        collect.load_state_dict({**good, "episode_length": torch.zeros(3, dtype=torch.int64)})
+
+
+def test_step_flag_is_passed_on_and_wraps_the_step_with_dynamo():
+    """Kills ``bool(compile_step)`` -> None / ``bool(None)``, ``if compile_step and False`` and
+    ``torch.compile(None)`` / ``torch.compile(dynamic=False)`` (a decorator, not the compiled step).
+    torch.compile is lazy: nothing is compiled unless the step runs. (Its name avoids "compile": the
+    mutation runs deselect ``-k "not compile"``.)"""
+    from hrl_nested.rollout import actor_critic_policy, make_rollout
+
+    env = _rollout_env()
+    policy = actor_critic_policy(_cartpole_agent(env))
+    compiled = make_rollout(env, policy, 2, compile_step=True)
+    assert getattr(compiled._step_fn, "_torchdynamo_orig_callable", None) == compiled._step
+    plain = make_rollout(env, policy, 2)
+    assert plain._step_fn == plain._step
+
+
+# ------------------------------------------------------------------- nested pieces (group nested)
+# Explained as equivalent (not killed here):
+# - ``.to(None)`` for ``not_term`` / ``trace`` in `smdp_gae` and for ``open_return`` in `smdp_transitions`:
+#   ``Tensor.to(None)`` is a no-op, and the bool / lower-precision operand is promoted by the arithmetic
+#   it enters right away, to the same values.
+def test_segment_and_smdp_argument_checks_name_what_came():
+    """Kills the messages of `subgoal_reached`, `segment_ends` and `smdp_transitions` (``None``,
+    ``tuple(None)``, renamed names, ``r_t.shape[2:]``) and ``or`` -> ``and`` in `smdp_transitions`'s
+    shape check (a bad ``step_t`` or a bad ``seg_end_t`` alone must raise)."""
+    from hrl_nested.segments import segment_ends, smdp_transitions, subgoal_reached
+
+    with pytest.raises(ValueError, match=r"^g: expected shape \(2, 3\) like ag, got \(2, 2\)$"):
+        subgoal_reached(torch.zeros(2, 3), torch.zeros(2, 2), 0.1)
+    z = torch.zeros(3, 2, dtype=torch.bool)
+    g = torch.zeros(3, 2, 1)
+    with pytest.raises(ValueError, match=r"^step_t: expected shape \(T, N\), got \(3,\)$"):
+        segment_ends(torch.zeros(3, dtype=torch.long), g, g, z, z, horizon=2, tolerance=0.1)
+    with pytest.raises(
+        ValueError, match=r"^terminated_t: expected a bool \(3, 2\) tensor, got torch.float32 \(3, 2\)$"
+    ):
+        segment_ends(torch.zeros(3, 2, dtype=torch.long), g, g, z.float(), z, horizon=2, tolerance=0.1)
+    r, step = torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.long)
+    with pytest.raises(
+        ValueError,
+        match=r"^r_t, step_t, seg_end_t: expected one \(T, N\) shape, got \(3, 2\), \(3, 2\), \(3, 1\)$",
+    ):
+        smdp_transitions(r, step, z[:, :1], z, 0.9, torch.zeros(2))
+    with pytest.raises(
+        ValueError,
+        match=r"^r_t, step_t, seg_end_t: expected one \(T, N\) shape, got \(3, 2\), \(3, 1\), \(3, 2\)$",
+    ):
+        smdp_transitions(r, step[:, :1], z, z, 0.9, torch.zeros(2))
+    with pytest.raises(ValueError, match=r"^open_return: expected shape \(2,\), got \(3,\)$"):
+        smdp_transitions(r, step, z, z, 0.9, torch.zeros(3))
+
+
+def test_subgoal_reached_includes_the_tolerance_boundary():
+    """Kills ``<=`` -> ``<``: a distance equal to the tolerance counts as reached (3-4-5 triangle)."""
+    from hrl_nested.segments import subgoal_reached
+
+    assert subgoal_reached(torch.tensor([[3.0, 4.0]]), torch.zeros(1, 2), 5.0).tolist() == [True]
+
+
+def test_smdp_pieces_on_a_single_step_batch_with_int32_steps():
+    """Kills ``zero[+1]`` / ``zero[-2]`` for the open return and ``delta[1]`` in `smdp_gae` (only a T = 1
+    batch tells rows apart when they are all zero), and ``step_t.to(None)``: ``length`` is int64 even
+    for int32 steps."""
+    from hrl_nested.segments import smdp_gae, smdp_transitions
+
+    r = torch.tensor([[1.0, 2.0]])
+    step = torch.tensor([[0, 2]], dtype=torch.int32)
+    end = torch.tensor([[True, False]])
+    term = torch.zeros(1, 2, dtype=torch.bool)
+    tr, open_ret = smdp_transitions(r, step, end, term, 0.5, torch.tensor([0.0, 3.0]))
+    assert tr.length.dtype == torch.int64 and tr.length.tolist() == [[1, 0]]
+    torch.testing.assert_close(open_ret, torch.tensor([0.0, 3.0 + 0.25 * 2.0]))
+    adv, ret = smdp_gae(tr, term, torch.tensor([[0.5, 0.0]]), torch.tensor([[2.0, 0.0]]), 0.9)
+    torch.testing.assert_close(adv, torch.tensor([[1.0 + 0.5 * 2.0 - 0.5, 0.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[2.0, 0.0]]))
+
+
+def test_free_shaping_init_and_apply():
+    """Kills every mutant of `init_free_shaping` / `free_shaping` (no test reached them) and `mlp_init`'s
+    default device ``"XXcpuXX"``: keys, ``beta = 1``,
+    dtype and device, a zero output at init of shape ``x.shape[:-1]``, and the MLP ``rin.*`` after."""
+    from hrl_nested.shaping import free_shaping, init_free_shaping, mlp_apply, mlp_init
+
+    phi = init_free_shaping(3, (4,), dtype=torch.float64)
+    assert sorted(phi) == ["beta", "rin.0.bias", "rin.0.weight", "rin.1.bias", "rin.1.weight"]
+    assert phi["beta"].shape == () and float(phi["beta"]) == 1.0
+    assert phi["rin.1.weight"].shape == (1, 4) and not phi["rin.1.weight"].any()
+    assert all(v.dtype == torch.float64 and v.device.type == "cpu" for v in phi.values())
+    assert init_free_shaping(2)["rin.0.weight"].shape == (32, 2)
+    assert (
+        mlp_init(2, (3,), 1, "p")["p.1.weight"].device.type == "cpu"
+    )  # the default device (no caller omits it)
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    out = free_shaping(phi, x)
+    assert out.shape == (2, 5) and not out.any()
+    phi["rin.1.weight"] = torch.randn(1, 4, dtype=torch.float64)
+    torch.testing.assert_close(free_shaping(phi, x), mlp_apply(phi, "rin", x)[..., 0])
+    torch.testing.assert_close(free_shaping(phi, x[0, 0]), mlp_apply(phi, "rin", x[0, 0])[0])
+
+
+def test_phi_summary_keys_and_range():
+    """Kills the mutants of `phi_summary`: the scalars present in φ, and the potential's min / max only
+    for a non-empty output (also a single element)."""
+    from hrl_nested.shaping import init_goal_shaping, phi_summary
+
+    phi = init_goal_shaping(2)
+    phi["w_bonus"] = torch.tensor(0.25)
+    s = phi_summary(phi, torch.tensor([0.5, -1.0, 2.0]))
+    assert sorted(s) == ["phi_beta", "phi_out_max", "phi_out_min", "phi_w_bonus", "phi_w_dist"]
+    assert [float(s[k]) for k in ("phi_beta", "phi_w_dist", "phi_w_bonus", "phi_out_min", "phi_out_max")] == [
+        1.0,
+        1.0,
+        0.25,
+        -1.0,
+        2.0,
+    ]
+    assert sorted(phi_summary(phi)) == ["phi_beta", "phi_w_bonus", "phi_w_dist"]
+    assert sorted(phi_summary(phi, torch.zeros(0))) == ["phi_beta", "phi_w_bonus", "phi_w_dist"]
+    one = phi_summary({"beta": torch.tensor(2.0)}, torch.tensor([3.0]))
+    assert {k: float(v) for k, v in one.items()} == {"phi_beta": 2.0, "phi_out_min": 3.0, "phi_out_max": 3.0}
+
+
+def _tiny_inner_outer(prox):
+    from hrl_nested.distributions import Categorical
+    from hrl_nested.nested_objective import PolicyBatch, ShapingBatch, make_inner_outer
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.zeros(2, 2, dtype=torch.bool)
+    sb = ShapingBatch(torch.randn(2, 2, generator=g), torch.zeros(2, 2), torch.zeros(2, 2), z, z, None)
+    obs = torch.randn(4, 3, generator=g)
+    pb = PolicyBatch(
+        obs, torch.tensor([0, 1, 1, 0]), torch.full((4,), -math.log(2.0)), torch.randn(4, generator=g)
+    )
+    start = {"w": torch.ones(3, 2)}
+    return make_inner_outer(
+        lambda theta, x: (Categorical(x @ theta["w"]), None),
+        sb,
+        pb,
+        [torch.arange(4)],
+        lambda phi, f: torch.zeros(2, 2),
+        theta_start=start,
+        gamma=0.9,
+        gae_lambda=0.8,
+        clip_coef=0.2,
+        prox=prox,
+    )
+
+
+def test_proximal_term_is_half_lambda_times_the_squared_distance_to_the_start():
+    """Kills ``a[k] + b[k]`` in `_sq_dist`: the proximal term is ``λ/2 ||θ - θ_start||²``, measured with
+    a nonzero start (a zero start makes ``+`` and ``-`` agree)."""
+    theta, phi = {"w": torch.full((3, 2), 3.0)}, {"beta": torch.tensor(1.0)}
+    plain = _tiny_inner_outer(0.0).stationary_loss(theta, phi)
+    with_prox = _tiny_inner_outer(0.5).stationary_loss(theta, phi)
+    torch.testing.assert_close(with_prox - plain, torch.tensor(0.5 * 0.5 * 6 * 2.0**2))
+
+
+def test_clip_by_global_norm_refuses_zero_and_grad_cosine_values():
+    """Kills ``max_norm >= 0`` in `clip_by_global_norm`, and every mutant of `grad_cosine` (no test
+    reached it): its key check and message, the cosine itself, and 0 for a zero gradient."""
+    from hrl_nested.nested_objective import clip_by_global_norm, grad_cosine
+    from hrl_nested.optim import sgd
+
+    with pytest.raises(ValueError, match=r"^max_norm: expected a float > 0, got 0.0$"):
+        clip_by_global_norm(sgd(1.0), 0.0)
+    with pytest.raises(ValueError, match=r"^b: expected keys \['u', 'w'\], got \['w'\]$"):
+        grad_cosine({"w": torch.ones(2), "u": torch.ones(1)}, {"w": torch.ones(2)})
+    a = {"w": torch.tensor([1.0, 0.0]), "u": torch.tensor([2.0])}
+    b = {"w": torch.tensor([3.0, 4.0]), "u": torch.tensor([0.5])}
+    expected = (3.0 + 1.0) / (math.sqrt(5.0) * math.sqrt(25.25))
+    cos = grad_cosine(a, b)
+    assert cos.dtype == torch.float64
+    torch.testing.assert_close(cos, torch.tensor(expected, dtype=F64))
+    torch.testing.assert_close(
+        grad_cosine(a, {k: -2 * v for k, v in a.items()}), torch.tensor(-1.0, dtype=F64)
+    )
+    zero = {"w": torch.zeros(2), "u": torch.zeros(1)}
+    assert float(grad_cosine(a, zero)) == 0.0
+    tiny = {"w": torch.tensor([1e-3, 0.0]), "u": torch.zeros(1)}  # |a| |b| < 1: no clamp at 1
+    torch.testing.assert_close(grad_cosine(tiny, tiny), torch.tensor(1.0, dtype=F64))
+
+
+@pytest.mark.parametrize(
+    ("grad", "max_norm", "expected"),
+    [
+        ([3.0, 4.0], 1.0, [-3.0 / (5.0 + 1e-6), -4.0 / (5.0 + 1e-6)]),  # clipped to the max norm
+        ([0.3, 0.4], 1.0, [-0.3, -0.4]),  # below it: unchanged (the scale is capped at 1)
+        ([3e-6, 4e-6], 1e-6, [-0.5e-6, -(2.0 / 3.0) * 1e-6]),  # g max_norm / (||g|| + 1e-6), eps visible
+    ],
+)
+def test_clip_by_global_norm_scales_by_max_norm_over_norm_plus_eps(grad, max_norm, expected):
+    """Kills ``max_norm * norm``, ``norm - 1e-6``, ``norm + 1.000001``, ``clamp(max=2)`` and ``g / scale``
+    in `clip_by_global_norm`, checked through one SGD step with lr 1 (float64)."""
+    from hrl_nested.nested_objective import clip_by_global_norm
+    from hrl_nested.optim import sgd
+
+    opt = clip_by_global_norm(sgd(1.0), max_norm)
+    w = {"w": torch.zeros(2, dtype=F64)}
+    new, _ = opt.update({"w": torch.tensor(grad, dtype=F64)}, opt.init(w), w)
+    torch.testing.assert_close(new["w"], torch.tensor(expected, dtype=F64), rtol=1e-9, atol=0.0)
+
+
+def test_clip_by_global_norm_keeps_weight_decay():
+    """Kills ``Optimizer(opt.init, update, )``: the wrapped optimizer's weight decay is kept."""
+    from hrl_nested.nested_objective import clip_by_global_norm
+    from hrl_nested.optim import sgd
+
+    assert clip_by_global_norm(sgd(1.0, weight_decay=0.1), 1.0).weight_decay == 0.1
+
+
+def test_shaped_advantages_add_the_intrinsic_reward():
+    """Kills ``β r_ext - R_φ``: the shaped reward is ``β r_ext + R_φ``, through GAE."""
+    from hrl_nested.nested_objective import ShapingBatch, shaped_advantages
+
+    g = torch.Generator().manual_seed(3)
+    r, v, v1 = (torch.randn(3, 2, generator=g, dtype=F64) for _ in range(3))
+    term = torch.tensor([[False, True], [False, False], [False, False]])
+    trunc = torch.tensor([[False, False], [True, False], [False, False]])
+    bonus = torch.randn(3, 2, generator=g, dtype=F64)
+    sb = ShapingBatch(r, v, v1, term, trunc, bonus)
+    adv, ret = shaped_advantages({"beta": torch.tensor(0.5, dtype=F64)}, sb, lambda phi, f: f, 0.9, 0.8)
+    ref_adv, ref_ret = gae(0.5 * r + bonus, v, v1, term, trunc, 0.9, 0.8)
+    torch.testing.assert_close(adv, ref_adv)
+    torch.testing.assert_close(ret, ref_ret)
+
+
+def test_make_inner_outer_defaults_message_outer_scale_and_dict_observations():
+    """Kills, in `make_inner_outer`: the defaults ``ent_coef = 0`` and ``prox = 0`` (changed to 1), the
+    empty-minibatches message, the outer advantages' scale ``A / (std(A) + 1e-8)`` (``*``, ``- 1e-8``,
+    ``+ 1.00000001``: a constant ``A`` has std 0, so the 1e-8 decides it), and `_take` on a dict of
+    observation rows (``_take(None, idx)``, ``_take(v, None)``, a dropped argument)."""
+    from hrl_nested.distributions import Categorical
+    from hrl_nested.nested_objective import PolicyBatch, ShapingBatch, make_inner_outer
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.zeros(2, 2, dtype=torch.bool)
+    sb = ShapingBatch(torch.randn(2, 2, generator=g), torch.zeros(2, 2), torch.zeros(2, 2), z, z, None)
+    x = torch.randn(4, 3, generator=g)
+    actions, logp = torch.tensor([0, 1, 1, 0]), torch.full((4,), -math.log(2.0))
+    kw = {"gamma": 0.9, "gae_lambda": 0.8, "clip_coef": 0.2}
+    start = {"w": torch.zeros(3, 2)}
+    theta, phi = {"w": torch.randn(3, 2, generator=g)}, {"beta": torch.tensor(1.0)}
+    zero_r = lambda phi, f: torch.zeros(2, 2)  # noqa: E731
+
+    def build(obs, dist_fn, adv_ext, minibatches, **extra):
+        pb = PolicyBatch(obs, actions, logp, adv_ext)
+        return make_inner_outer(dist_fn, sb, pb, minibatches, zero_r, theta_start=start, **kw, **extra)
+
+    flat = lambda th, o: (Categorical(o @ th["w"]), None)  # noqa: E731
+    adv = torch.randn(4, generator=g)
+    default = build(x, flat, adv, [torch.arange(4)]).stationary_loss(theta, phi)
+    explicit = build(x, flat, adv, [torch.arange(4)], ent_coef=0.0, prox=0.0).stationary_loss(theta, phi)
+    torch.testing.assert_close(default, explicit)
+    with pytest.raises(ValueError, match=r"^minibatches: expected at least one index tensor, got none$"):
+        build(x, flat, adv, [])
+    # theta = 0: ratio 1, so the outer loss is -mean(A / (std(A) + 1e-8)) = -(1e-9 / 1e-8) for a constant A.
+    const = build(x, flat, torch.full((4,), 1e-9), [torch.arange(4)])
+    torch.testing.assert_close(const.outer_loss(start, phi), torch.tensor(-0.1))
+    # Dict observation rows: the minibatch takes the same rows of every entry.
+    in_dict = lambda th, o: (Categorical(o["x"] @ th["w"]), None)  # noqa: E731
+    idx = [torch.tensor([2, 0])]
+    torch.testing.assert_close(
+        build({"x": x}, in_dict, adv, idx).inner_loss(theta, phi, 0),
+        build(x, flat, adv, idx).inner_loss(theta, phi, 0),
+    )
+
+
+def test_mlp_apply_is_linear_tanh_linear_and_names_missing_layers():
+    """Kills, in `mlp_apply`: ``i <= n - 1`` / ``i < n + 1`` (a tanh on the output), ``i < n - 2`` (no
+    tanh between layers), ``n == 1`` (a one-layer MLP refused) and the message's mutants."""
+    from hrl_nested.shaping import mlp_apply
+
+    g = torch.Generator().manual_seed(0)
+    p = {k: torch.randn(s, generator=g, dtype=F64) for k, s in [("m.0.weight", (4, 2)), ("m.0.bias", (4,))]}
+    p.update({"m.1.weight": 3.0 * torch.ones(1, 4, dtype=F64), "m.1.bias": torch.tensor([2.0], dtype=F64)})
+    x = torch.randn(5, 2, generator=g, dtype=F64)
+    expected = torch.tanh(x @ p["m.0.weight"].T + p["m.0.bias"]) @ p["m.1.weight"].T + p["m.1.bias"]
+    torch.testing.assert_close(mlp_apply(p, "m", x), expected)
+    one = {"m.0.weight": p["m.0.weight"], "m.0.bias": p["m.0.bias"]}
+    torch.testing.assert_close(mlp_apply(one, "m", x), x @ p["m.0.weight"].T + p["m.0.bias"])
+    with pytest.raises(
+        ValueError, match=r"^params: no layers 'q.<i>.weight' in \['m.0.bias', 'm.0.weight'\]$"
+    ):
+        mlp_apply(one, "q", x)
+
+
+def test_potential_and_goal_shaping_scale_defaults_dtype_and_messages():
+    """Kills, in `potential`: ``ag * scale`` / ``g * scale`` and the default ``scale = 2``; in
+    `goal_shaping`: the default ``scale = 2`` and the shape messages; in `init_goal_shaping`: scalars
+    made without the requested dtype. (``reached.to(None)`` is equivalent: a bool times a float tensor.)"""
+    from hrl_nested.shaping import goal_shaping, init_goal_shaping, mlp_apply, potential
+
+    g0 = torch.Generator().manual_seed(1)
+    phi = init_goal_shaping(2, (4,), dtype=F64)
+    assert all(phi[k].dtype == F64 for k in ("beta", "w_dist", "w_bonus"))
+    phi["phi.1.weight"] = torch.randn(1, 4, generator=g0, dtype=F64)
+    ag, ag1, g = (torch.randn(3, 2, generator=g0, dtype=F64) for _ in range(3))
+    scale = torch.tensor([2.0, 0.5], dtype=F64)
+    ref = mlp_apply(phi, "phi", torch.cat([ag / scale, g / scale], -1))[..., 0]
+    torch.testing.assert_close(potential(phi, ag, g, scale), ref)
+    torch.testing.assert_close(potential(phi, ag, g), mlp_apply(phi, "phi", torch.cat([ag, g], -1))[..., 0])
+    reached, terminal = torch.tensor([True, False, False]), torch.tensor([False, True, False])
+    torch.testing.assert_close(
+        goal_shaping(phi, ag, ag1, g, reached, terminal, 0.9),
+        goal_shaping(phi, ag, ag1, g, reached, terminal, 0.9, 1.0),
+    )
+    with pytest.raises(ValueError, match=r"^g: expected shape \(3, 2\) like ag, got \(3, 1\)$"):
+        potential(phi, ag, g[:, :1])
+    with pytest.raises(ValueError, match=r"^ag_next: expected shape \(3, 2\) like ag, got \(3, 1\)$"):
+        goal_shaping(phi, ag, ag1[:, :1], g, reached, terminal, 0.9)
+    with pytest.raises(ValueError, match=r"^g: expected shape \(3, 2\) like ag, got \(2, 2\)$"):
+        goal_shaping(phi, ag, ag1, g[:2], reached, terminal, 0.9)
+
+
+def test_inner_loss_is_ppo_on_the_minibatch_of_shaped_advantages():
+    """Kills, in `make_inner_outer`'s inner loss: the returns instead of the advantages (``[1]``), the
+    minibatch ignored (``or True``; `inner_loss` on ``None``), ``log_ent_coef`` ignored or misnamed, and
+    ``norm_adv`` dropped. (``prox >= 0`` is equivalent: it adds ``0.5 * 0 * ||θ - θ_0||²``.)"""
+    from hrl_nested.distributions import Categorical
+    from hrl_nested.nested_objective import PolicyBatch, ShapingBatch, make_inner_outer, shaped_advantages
+    from hrl_nested.ppo_objective import ppo_objective
+
+    g = torch.Generator().manual_seed(4)
+    z = torch.zeros(2, 2, dtype=torch.bool)
+    sb = ShapingBatch(*(torch.randn(2, 2, generator=g, dtype=F64) for _ in range(3)), z, z, None)
+    x = torch.randn(4, 3, generator=g, dtype=F64)
+    pb = PolicyBatch(
+        x, torch.tensor([0, 1, 1, 0]), torch.full((4,), -0.5, dtype=F64), torch.ones(4, dtype=F64)
+    )
+    dist_fn = lambda th, o: (Categorical(o @ th["w"]), None)  # noqa: E731
+    theta = {"w": torch.randn(3, 2, generator=g, dtype=F64)}
+    phi = {"beta": torch.tensor(1.0, dtype=F64), "log_ent_coef": torch.tensor(-1.0, dtype=F64)}
+    idx = torch.tensor([2, 0])
+    io = make_inner_outer(
+        dist_fn, sb, pb, [idx], lambda p, f: torch.zeros(2, 2, dtype=F64), theta_start=theta,
+        gamma=0.9, gae_lambda=0.8, clip_coef=0.2, ent_coef=0.5, norm_adv=False,
+    )  # fmt: skip
+    adv = shaped_advantages(phi, sb, lambda p, f: 0.0, 0.9, 0.8)[0].reshape(-1)
+    mb = {"obs": x[idx], "actions": pb.actions[idx], "logprobs": pb.logprobs[idx], "advantages": adv[idx]}
+    ref, _ = ppo_objective(dist_fn, theta, mb, clip_coef=0.2, ent_coef=math.exp(-1.0), norm_adv=False)
+    torch.testing.assert_close(io.inner_loss(theta, phi, 0), ref)
+
+
+def test_mlp_init_gains_and_zero_last_only_and_segment_end_messages():
+    """Kills, in `mlp_init`: the orthogonal gains (sqrt 2 hidden, 1 last: dropped, swapped, 2.0) and
+    ``last or zero_last`` (only the last layer is zeroed); in `segment_ends`: the ``goal_t`` message and
+    the ``truncated_t`` name. (``device=None`` in `mlp_init` is equivalent on CPU.)"""
+    from hrl_nested.segments import segment_ends
+    from hrl_nested.shaping import mlp_init
+
+    torch.manual_seed(0)
+    p = mlp_init(2, (4,), 3, "p", zero_last=False, dtype=F64)
+    w0, w1 = p["p.0.weight"], p["p.1.weight"]
+    torch.testing.assert_close(w0.T @ w0, 2.0 * torch.eye(2, dtype=F64))  # (4, 2): columns of norm sqrt 2
+    torch.testing.assert_close(w1 @ w1.T, torch.eye(3, dtype=F64))  # (3, 4): rows of norm 1
+    assert mlp_init(2, (4,), 1, "p")["p.0.weight"].abs().sum() > 0
+    z = torch.zeros(3, 2, dtype=torch.bool)
+    step = torch.zeros(3, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^goal_t: expected leading dims \(3, 2\), got \(2, 2, 1\)$"):
+        segment_ends(step, torch.zeros(2, 2, 1), torch.zeros(2, 2, 1), z, z, horizon=2, tolerance=0.1)
+    with pytest.raises(
+        ValueError, match=r"^truncated_t: expected a bool \(3, 2\) tensor, got torch.bool \(3, 1\)$"
+    ):
+        g = torch.zeros(3, 2, 1)
+        segment_ends(step, g, g, z, z[:, :1], horizon=2, tolerance=0.1)
