@@ -85,6 +85,26 @@ def positive_int(value: Any, field: str, *, section: str = "", minimum: int = 1)
     check(_is_int(value) and value >= minimum, field, what, value, section=section)
 
 
+def layer_sizes(value: Any, field: str, *, section: str = "") -> None:
+    """Check that ``value`` is one or more positive layer sizes (a network's hidden widths)."""
+    ok = len(value) > 0 and all(_is_int(h) and h >= 1 for h in value)
+    check(ok, field, "one or more positive layer sizes", tuple(value), section=section)
+
+
+def batch_split(task: Task, num_steps: int, num_minibatches: int, *, section: str) -> None:
+    """Check that ``num_minibatches`` divides the batch ``task.num_envs * num_steps`` (the cross-field rule
+    every on-policy loop shares); the message names both flags that make the batch."""
+    batch = task.num_envs * num_steps
+    steps_flag = ConfigError("num_steps", "", None, section=section).flag
+    check(
+        batch % num_minibatches == 0 and num_minibatches <= batch,
+        "num_minibatches",
+        f"a divisor of the batch size --num-envs x {steps_flag} = {task.num_envs} x {num_steps} = {batch}",
+        num_minibatches,
+        section=section,
+    )
+
+
 def finite_float(
     value: Any,
     field: str,

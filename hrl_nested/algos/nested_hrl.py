@@ -33,7 +33,16 @@ import torch
 import envs
 from envs.core import EnvState
 from hrl_nested import optim
-from hrl_nested.algos import ConfigError, Task, check, finite_float, positive_int, resolve_device
+from hrl_nested.algos import (
+    ConfigError,
+    Task,
+    batch_split,
+    check,
+    finite_float,
+    layer_sizes,
+    positive_int,
+    resolve_device,
+)
 from hrl_nested.algos import nested_parts as parts
 from hrl_nested.algos.nested_parts import (
     _REQUIRED,
@@ -99,8 +108,7 @@ class CommonConfig:
         positive_int(self.num_steps, "num_steps", **sec)
         for name in ("gamma", "gae_lambda"):
             finite_float(getattr(self, name), name, low=0.0, high=1.0, **sec)
-        hidden_ok = len(self.hidden) > 0 and all(isinstance(h, int) and h >= 1 for h in self.hidden)
-        check(hidden_ok, "hidden", "one or more positive layer sizes", tuple(self.hidden), **sec)
+        layer_sizes(self.hidden, "hidden", **sec)
         for name in ("sub_lr", "clip_coef", "max_grad_norm", "critic_lr"):
             finite_float(getattr(self, name), name, low=0.0, low_open=True, **sec)
         finite_float(self.ent_coef, "ent_coef", low=0.0, **sec)
@@ -115,15 +123,7 @@ class CommonConfig:
             **sec,
         )
         if task is not None:
-            batch = task.num_envs * self.num_steps
-            check(
-                batch % self.num_minibatches == 0 and self.num_minibatches <= batch,
-                "num_minibatches",
-                f"a divisor of the batch size --num-envs x num-steps = {task.num_envs} x {self.num_steps} "
-                f"= {batch}",
-                self.num_minibatches,
-                **sec,
-            )
+            batch_split(task, self.num_steps, self.num_minibatches, **sec)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,16 @@ import torch
 
 import envs
 from envs.core import EnvState, TorchVectorEnv
-from hrl_nested.algos import ConfigError, Task, check, finite_float, positive_int, resolve_device
+from hrl_nested.algos import (
+    ConfigError,
+    Task,
+    batch_split,
+    check,
+    finite_float,
+    layer_sizes,
+    positive_int,
+    resolve_device,
+)
 from hrl_nested.batch import tree_map
 from hrl_nested.evaluation import run_eval_episodes, step_success
 from hrl_nested.networks import ActorCritic, actor_critic_apply
@@ -121,8 +130,7 @@ class PPOConfig:
         finite_float(self.ent_coef, "ent_coef", low=0.0, **sec)
         finite_float(self.vf_coef, "vf_coef", low=0.0, **sec)
         finite_float(self.max_grad_norm, "max_grad_norm", low=0.0, low_open=True, **sec)
-        hidden_ok = len(self.hidden) > 0 and all(isinstance(h, int) and h >= 1 for h in self.hidden)
-        check(hidden_ok, "hidden", "one or more positive layer sizes", tuple(self.hidden), **sec)
+        layer_sizes(self.hidden, "hidden", **sec)
         positive_int(self.eval_every, "eval_every", minimum=0, **sec)
         for name in ("stop_at_return", "eval_max_return"):
             if getattr(self, name) is not None:
@@ -130,15 +138,7 @@ class PPOConfig:
         modes = ", ".join(CAPTURE_MODES)
         check(self.capture in CAPTURE_MODES, "capture", f"one of {modes}", self.capture, **sec)
         if task is not None:
-            batch = task.num_envs * self.num_steps
-            check(
-                batch % self.num_minibatches == 0 and self.num_minibatches <= batch,
-                "num_minibatches",
-                f"a divisor of the batch size --num-envs x --ppo.num-steps = {task.num_envs} x "
-                f"{self.num_steps} = {batch}",
-                self.num_minibatches,
-                **sec,
-            )
+            batch_split(task, self.num_steps, self.num_minibatches, **sec)
 
 
 Config = PPOConfig  # the name `hrl_nested.algos` expects
