@@ -175,13 +175,6 @@ def test_registered_id_and_float64():
 
 
 # ---------------------------------------------------------------------------- success rates
-@pytest.fixture
-def one_thread():
-    """Rollouts of 10,000 envs gain little from a second thread and lose much when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _bfs_policy_table(free: np.ndarray) -> torch.Tensor:

@@ -23,12 +23,7 @@ D = torch.float64
 T, N, GAMMA = 4, 2, 0.9
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 def _problem(seed: int, minibatches, prox: float = 0.0):

@@ -24,12 +24,7 @@ from tests.test_ppo_wiring import assert_gae_wiring, record_calls, record_rollou
 HORIZON, TOL = 3, 0.15
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 def _one_iteration(monkeypatch):

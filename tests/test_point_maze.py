@@ -275,13 +275,6 @@ def test_registered_ids():
 
 
 # ---------------------------------------------------------------------------- success rates
-@pytest.fixture
-def one_thread():
-    """Rollouts of 10,000 envs gain little from a second thread and lose much when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _distance_tables(env) -> torch.Tensor:

@@ -16,15 +16,7 @@ from hrl_nested.networks import ActorCritic
 from hrl_nested.obs_norm import ObsNormalizer, RunningMeanStd
 from hrl_nested.tracking import Run, read_metrics
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as ``experiments/train.py`` runs: these tiny ops gain nothing from a second
-    thread, and on a busy machine every op split across threads waits for the slower one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 # Timing-dependent columns: everything else must match bit for bit between runs.

@@ -42,13 +42,7 @@ from hrl_nested.algos import Task
 from hrl_nested.batch import Batch, tree_map
 from hrl_nested.networks import ActorCritic
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 # ------------------------------------------------------------------------------ recording helpers
