@@ -43,7 +43,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 
 from envs.actions import ActionRule
-from envs.core import GoalAccess, TorchVectorEnv, check_seed, parse_autoreset_mode
+from envs.core import GoalAccess, TorchVectorEnv, check_seed, parse_autoreset_mode, resolve_device
 
 _SUPPORTED = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict / Tuple of these"
 Wrapper = Callable[[gym.Env], gym.Env]
@@ -132,7 +132,7 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
         check_space(vector_env.single_action_space, "action")
         self.env = vector_env
         self.num_envs = int(vector_env.num_envs)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.dtype = dtype
         self.validate = bool(validate)
         self.max_episode_steps = max_episode_steps

@@ -176,6 +176,15 @@ class GoalAccess:
         return obs
 
 
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` with its index filled in (``"cuda"`` -> ``cuda:<current>``), so that comparing it with a
+    tensor's ``.device`` (always indexed on CUDA) is an equality test."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
 class TorchVectorEnv(GoalAccess, VectorEnv):
     """Base class of batched torch environments with Gymnasium vector semantics.
 
@@ -239,9 +248,7 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {dtype!r}")
         self.num_envs = int(num_envs)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = resolve_device(device)
         self.dtype = dtype
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.autoreset_mode = parse_autoreset_mode(autoreset_mode)

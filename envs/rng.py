@@ -66,6 +66,18 @@ def _eager_cpu(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
+def _device_pair(a: int, b: int, device: torch.device) -> torch.Tensor:
+    """int64 ``(a, b)`` on ``device``.
+
+    Eager, it is made by kernels alone: ``torch.tensor(..., device=cuda)`` copies from the host, which a
+    CUDA graph capture refuses (and would replay from freed memory if it did not). Under ``torch.compile``
+    it is a graph constant: inductor folds ``arange * (b - a) + a`` into Triton index arithmetic, which is
+    int32 and overflows on these 32-bit constants (seen on an H200, torch 2.11)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor([a, b], device=device)
+    return torch.arange(2, device=device) * (b - a) + a
+
+
 def _philox_pairs_torch(e: torch.Tensor, o: torch.Tensor, k: torch.Tensor, rounds: int) -> torch.Tensor:
     """Philox-4x32 on words held in pairs: ``e = (c0, c2)``, ``o = (c1, c3)``, ``k = (k0, k1)``, each
     ``(2, *S)`` (broadcast); returns int64 ``(*S, 4)``. In int64 tensor ops: the same code on every
@@ -76,8 +88,8 @@ def _philox_pairs_torch(e: torch.Tensor, o: torch.Tensor, k: torch.Tensor, round
     """
     ones = [1] * (max(e.dim(), o.dim(), k.dim()) - 1)
     dev = e.device
-    m_swapped = torch.tensor([PHILOX_M[1] - 2**31, PHILOX_M[0] - 2**31], device=dev).view(2, *ones)
-    bumps = torch.tensor([[r * PHILOX_W[0], r * PHILOX_W[1]] for r in range(rounds)], device=dev)
+    m_swapped = _device_pair(PHILOX_M[1] - 2**31, PHILOX_M[0] - 2**31, dev).view(2, *ones)
+    bumps = torch.arange(rounds, device=dev).unsqueeze(1) * _device_pair(*PHILOX_W, dev)  # (rounds, 2)
     round_keys = (k.unsqueeze(0) + bumps.view(rounds, 2, *ones)) & _MASK32
     for r in range(rounds):
         hi, lo = _mulhilo(e.flip(0), m_swapped)  # (hi(M1 c2), hi(M0 c0)), (lo(M1 c2), lo(M0 c0))

@@ -20,7 +20,9 @@ It is recorded in ``batch.carry``, returned, and fed to the next call, so a roll
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import gc
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -107,6 +109,25 @@ def actor_critic_policy(module: nn.Module) -> PolicyFn:
         return PolicyOutput(action, dist.log_prob(action), value, carry)
 
     return policy_fn
+
+
+@contextlib.contextmanager
+def no_garbage_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector off inside the block (as it was before, after it).
+
+    A CUDA graph capture must not see a CUDA graph freed: an earlier collector left in a reference cycle
+    (an earlier training run in the same process) has its graph destroyed whenever the collector runs,
+    and that destructor's ``cudaFree`` invalidates the capture in progress ("operation not permitted
+    when stream is capturing"; seen on an H200 at the fifth nested-HRL run of one process).
+    ``torch.cuda.graph`` collects once on entry; this keeps it from running again until the end.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def where_rows(mask: torch.Tensor, a: Any, b: Any) -> Any:
@@ -293,7 +314,7 @@ class Collector:
             # An explicit stream: torch.cuda.graph's default capture stream is one per process, made on
             # whichever device was current at the first capture.
             stream = torch.cuda.Stream(device=self.device)
-            with torch.cuda.graph(graph, stream=stream):  # records only: env, accumulators not advanced
+            with no_garbage_collection(), torch.cuda.graph(graph, stream=stream):  # records only
                 self._graph_out = self._run(s_params, s_obs, s_carry)
         self._graph = graph
 

@@ -236,3 +236,48 @@ def test_cuda_graph_captures_an_env_with_validate_and_raises_after_the_replay():
     bad = make_rollout(env, invalid, T)
     with pytest.raises(ValueError, match="actions: envs"):
         bad(params_of(agent), env.reset(seed=0)[0])
+
+
+def test_no_garbage_collection_turns_the_collector_off_and_restores_it():
+    import gc
+
+    from hrl_nested.rollout import no_garbage_collection
+
+    assert gc.isenabled()
+    with no_garbage_collection():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), no_garbage_collection():
+        raise RuntimeError("boom")
+    assert gc.isenabled()  # restored on an exception too
+    gc.disable()
+    try:
+        with no_garbage_collection():
+            pass
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
+
+
+@pytest.mark.cuda
+def test_capture_survives_an_earlier_collector_freed_by_the_garbage_collector():
+    # Seen on an H200: the fifth training run of one process failed its capture, because an earlier
+    # run's collector (in a reference cycle) was collected mid-capture and its graph's destructor freed
+    # CUDA memory. Here a dead collector with a captured graph waits for the collector, which is set to
+    # run on almost every allocation during the next capture.
+    import gc
+
+    _, agent, old, obs = _setup("hrl_nested/CartPole-v1", "cuda_graph", device="cuda")
+    old(params_of(agent), obs)
+    assert old._graph is not None
+    cycle = {"collector": old}
+    cycle["self"] = cycle
+    del old, cycle
+    threshold = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)
+    try:
+        _, agent, new, obs = _setup("hrl_nested/CartPole-v1", "cuda_graph", device="cuda")
+        out = new(params_of(agent), obs)
+    finally:
+        gc.set_threshold(*threshold)
+    assert new._graph is not None and out.batch.obs.is_cuda
