@@ -43,7 +43,14 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 
 from envs.actions import ActionRule
-from envs.core import GoalAccess, TorchVectorEnv, check_seed, parse_autoreset_mode, resolve_device
+from envs.core import (
+    GoalAccess,
+    TorchVectorEnv,
+    check_seed,
+    parse_autoreset_mode,
+    resolve_device,
+    seeded_np_random,
+)
 
 _SUPPORTED = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict / Tuple of these"
 Wrapper = Callable[[gym.Env], gym.Env]
@@ -136,7 +143,7 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
         self.dtype = dtype
         self.validate = bool(validate)
         self.max_episode_steps = max_episode_steps
-        self.metadata = {**vector_env.metadata, "autoreset_mode": self.autoreset_mode}
+        self.metadata = {**vector_env.metadata, "autoreset_mode": self.autoreset_mode, "torch": True}
         self.render_mode = getattr(vector_env, "render_mode", None)
         self.spec = getattr(vector_env, "spec", None)
         self._np_obs_space = vector_env.single_observation_space
@@ -284,6 +291,8 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
         generators, which have no stream index to set; pass per-env seeds instead.
         """
         seed = check_seed(seed, self.num_envs)
+        if seed is not None:  # np_random_seed == seed afterwards, as Gymnasium's VectorEnv.reset sets it
+            self._np_random, self._np_random_seed = seeded_np_random(seed)
         options = dict(options or {})
         if "env_index" in options:
             raise ValueError(
@@ -308,6 +317,8 @@ class GymnasiumVectorAdapter(GoalAccess, VectorEnv):
             # Gymnasium adds final_obs only on steps where some env ended; TorchVectorEnv always does.
             info_t["final_obs"] = _clone(obs_t)
             info_t["_final_obs"] = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+            info_t["final_info"] = {}
+            info_t["_final_info"] = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         return (
             obs_t,
             torch.as_tensor(np.asarray(reward), dtype=self.dtype).to(self.device),

@@ -31,21 +31,42 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs import rng
 from envs.actions import ActionRule
-from envs.fused import RESET_STREAM, CompiledStep, Obs, _contiguous, _where, fused_step
+from envs.fused import RESET_STREAM, CompiledStep, Obs, _contiguous, _where, fused_step, resolve_compile
+from envs.render import RenderMixin, check_render_mode
 from envs.rng import Draw
 
-__all__ = ["Draw", "EnvState", "Obs", "TorchVectorEnv", "check_seed", "parse_autoreset_mode"]
+__all__ = [
+    "Draw",
+    "EndedEnvError",
+    "EnvState",
+    "Obs",
+    "TorchVectorEnv",
+    "check_seed",
+    "parse_autoreset_mode",
+    "seeded_np_random",
+]
+
+
+class EndedEnvError(ValueError, AssertionError):
+    """A step of an env that has ended, in DISABLED autoreset mode.
+
+    Gymnasium's ``SyncVectorEnv`` asserts (``AssertionError``); this is also a ``ValueError`` (bad input:
+    the caller must reset the env first), so either ``except`` catches it.
+    """
 
 # Attributes assigned after construction that the step itself does not read (the env's own
 # bookkeeping); assigning any other attribute tells a compiled step that the configuration may have
 # changed (``validate`` is one: the step records invalid actions when it is on). Properties, such as
 # ``state``, copy into the existing buffers and are not counted either (see ``__setattr__``).
-_STATE_ATTRIBUTES = frozenset({"_seeded", "_config_version"})
+_STATE_ATTRIBUTES = frozenset(
+    {"_seeded", "_config_version", "_np_random", "_np_random_seed", "_render_goals"}
+)
 
 
 @dataclasses.dataclass
@@ -87,8 +108,24 @@ class EnvState:
         )
 
 
-def parse_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
-    """Accept an ``AutoresetMode`` or its value/name (``"next_step"``, ``"SAME_STEP"``)."""
+def seeded_np_random(seed: int | list[int]) -> tuple[np.random.Generator, int]:
+    """``(np_random, np_random_seed)`` after ``reset(seed=seed)``, as Gymnasium's ``VectorEnv.reset`` sets
+    them: an int seeds ``seeding.np_random(seed)`` and is the seed; a list of per-env seeds gives a
+    generator seeded from all of them and ``-1`` (Gymnasium's mark for "not one int seed")."""
+    if isinstance(seed, int):
+        return seeding.np_random(seed)
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed))), -1
+
+
+def parse_autoreset_mode(
+    mode: AutoresetMode | str,
+    supported: tuple[AutoresetMode, ...] = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP),
+) -> AutoresetMode:
+    """Accept an ``AutoresetMode`` or its value/name (``"next_step"``, ``"SAME_STEP"``, ``"disabled"``).
+
+    ``supported``: the modes the caller implements (a `TorchVectorEnv` all three; the Gymnasium adapter,
+    by default, NEXT_STEP and SAME_STEP); any other raises ``ValueError``.
+    """
     if isinstance(mode, AutoresetMode):
         mode_out = mode
     else:
@@ -101,8 +138,9 @@ def parse_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
                 f"autoreset_mode: expected an AutoresetMode or one of "
                 f"{sorted({m.name.lower() for m in AutoresetMode})}, got {mode!r}"
             )
-    if mode_out not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
-        raise ValueError(f"autoreset_mode: TorchVectorEnv supports NEXT_STEP and SAME_STEP, got {mode_out}")
+    if mode_out not in supported:
+        names = " or ".join(m.name for m in supported)
+        raise ValueError(f"autoreset_mode: expected {names}, got {mode_out}")
     return mode_out
 
 
@@ -185,7 +223,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
-class TorchVectorEnv(GoalAccess, VectorEnv):
+class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
     """Base class of batched torch environments with Gymnasium vector semantics.
 
     Args:
@@ -194,14 +232,25 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         max_episode_steps: time limit; reaching it sets ``truncated`` (never ``terminated``).
         device: any torch device; all tensors in and out live there.
         dtype: float dtype of physics, observations and rewards (float32 or float64).
-        autoreset_mode: NEXT_STEP (Gymnasium's default) or SAME_STEP.
+        autoreset_mode: NEXT_STEP (Gymnasium's default), SAME_STEP, or DISABLED (no autoreset: the user
+            resets ended envs with ``reset(options={"reset_mask": m})``; stepping an env that has ended and
+            not been reset raises, as Gymnasium's ``SyncVectorEnv`` asserts; the check reads the flags on
+            the host, one sync per step, so DISABLED is for hand-written loops, not captured rollouts).
         validate: what an invalid action (out of range, NaN) does. ``True``: a ``ValueError``, at once
             on an eager CPU step; on CUDA or a compiled step (where checking at once costs a host sync)
             at the next ``reset``, ``get_state`` or `raise_pending`. ``False`` (the fast path learners
             use): it is replaced by the nearest valid action (NaN: ``neutral_action``), the same way in
             every env. Also ``True``: ``Box`` actions must have the env's dtype. See `envs.actions`.
             Shape, device and integer-vs-float are always checked.
-        compile: run the step through ``torch.compile``: the sanitising of actions, the transition, the
+        compile: ``"auto"`` (the default): compile on CUDA, and on CPU from 4096 envs
+            (`envs.fused.AUTO_COMPILE_MIN_ENVS_CPU`), where the compiled step is several times faster
+            than the eager one; the first compile in a process logs one line (logger ``envs``), inductor's
+            on-disk FX-graph cache makes later processes' compiles faster, and a compile that fails
+            falls back to the eager step with a warning. ``True`` / ``False``: always / never.
+            Compiled, invalid actions with ``validate=True`` raise at the next sync point (``reset``,
+            ``get_state``, `raise_pending`) and float results may differ from the eager step's in the
+            low bits (see below); random numbers, integer state and autoreset are the same bits.
+            A compiled step runs through ``torch.compile``: the sanitising of actions, the transition, the
             autoreset, the time limit and every in-place buffer write become one fused kernel (CPU and
             CUDA), called without dynamo's per-call overhead (`envs.fused.CompiledStep`). The first step
             compiles (seconds, see ``compile_seconds``). Assigning an attribute of the env later
@@ -210,6 +259,9 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
             (vectorized ``sin``, ``cos``, fused expressions): its results can differ from the eager
             step's in the low bits (in float64, agreement to 1e-5 over 100 steps is tested for every
             task; in float32 a task's own dynamics may amplify a one-ulp difference over a trajectory).
+        render_mode: None (``render()`` returns None) or one of ``metadata["render_modes"]``
+            (``"rgb_array"``: ``render()`` is env 0's frame, ``render(env_index=i)`` env i's,
+            ``render_all()`` one per env; see `envs.render.RenderMixin`).
 
     Attributes:
         clip_actions: class attribute, ``True`` for tasks whose Gymnasium original accepts out-of-bounds
@@ -222,7 +274,8 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
             NaN).
     """
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+    # "torch": True is Gymnasium's tag for envs whose arrays are torch tensors (as "jax": True for JAX).
+    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": [], "torch": True}
     clip_actions: bool = False
     neutral_action: Any = None
 
@@ -237,7 +290,8 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         dtype: torch.dtype = torch.float32,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         validate: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
+        render_mode: str | None = None,
     ):
         if not isinstance(num_envs, int | np.integer) or isinstance(num_envs, bool) or num_envs < 1:
             raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
@@ -251,8 +305,9 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         self.device = resolve_device(device)
         self.dtype = dtype
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
-        self.autoreset_mode = parse_autoreset_mode(autoreset_mode)
-        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
+        self.autoreset_mode = parse_autoreset_mode(autoreset_mode, tuple(AutoresetMode))
+        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode, "torch": True}
+        self.render_mode = check_render_mode(render_mode, self.metadata.get("render_modes", []))
         self.validate = bool(validate)
         self.single_observation_space = single_observation_space
         self.single_action_space = single_action_space
@@ -271,8 +326,9 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         self._vars = {k: _new_buffer(v) for k, v in fresh.items()}
         # A data-dependent skip of the reset draw is free on CPU eager; CUDA and compiled steps stay
         # branch-free so that no host sync happens and a graph can be captured.
-        self._branch_free = self.device.type != "cpu" or compile
-        self.compiled = bool(compile)
+        compile_on = resolve_compile(compile, self.device, self.num_envs)
+        self._branch_free = self.device.type != "cpu" or compile_on
+        self.compiled = compile_on
         self._uint8_flags = self.compiled and self.device.type == "cpu"
         # Action checks: at once on the eager CPU path; CUDA and compiled steps record invalid actions
         # on the device instead (no host sync), reported by `raise_pending`.
@@ -281,7 +337,7 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
             single_action_space, n, dtype, dev, type(self).clip_actions, type(self).neutral_action
         )
         self._config_version = 0
-        self._compiled_step = CompiledStep(self) if compile else None
+        self._compiled_step = CompiledStep(self, auto=compile == "auto") if compile_on else None
 
     # ---------------------------------------------------------------- subclass hooks
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
@@ -314,8 +370,13 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
             seed: an int in ``[0, 2**64)`` (env ``i`` draws from the stream ``(seed, i)``, as Gymnasium
                 seeds env ``i`` with ``seed + i``; distinct seeds are distinct streams), a list of N
                 such per-env seeds, or None (keep the current streams; a fresh entropy seed the first
-                time).
-            options: ``"reset_mask"``: bool ``(N,)``, the envs to reset (default all);
+                time). As Gymnasium's ``VectorEnv.reset`` does, an int seed also seeds ``env.np_random``
+                and sets ``env.np_random_seed`` to it; the first unseeded reset sets it to the entropy
+                seed it drew (``reset(seed=env.np_random_seed)`` replays the run); a list sets it to -1
+                (Gymnasium's mark for "not one int seed").
+            options: ``"reset_mask"``: bool ``(N,)``, the envs to reset (default all; at least one True,
+                else ``ValueError``, as in Gymnasium). In DISABLED autoreset mode this is how ended envs
+                are restarted;
                 ``"env_index"``: N ints in ``[0, 2**40)``, the stream index of each env in place of its
                 position, so that one batch can hold the envs of several runs: env ``k`` reset with
                 ``seed=s, options={"env_index": [..., j, ...]}`` (``j`` at position ``k``) draws exactly
@@ -342,8 +403,13 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
                     f"reset_mask: expected a bool tensor of shape ({self.num_envs},), "
                     f"got {mask.dtype} {tuple(mask.shape)}"
                 )
+            if not bool(mask.any()):  # Gymnasium's vector envs refuse an empty mask the same way
+                raise ValueError(f"reset_mask: expected at least one True value, got all False: {mask}")
+        seed = check_seed(seed, self.num_envs)
         if seed is None and not self._seeded:
             seed = int(np.random.SeedSequence().entropy % (2**64))
+        if seed is not None:
+            self._seed_np_random(seed)
         if seed is not None or env_index is not None:
             words = self._rng_key[:, :2] if seed is None else self._seed_words(seed)
             if env_index is None:  # each env keeps the index it has (its key's words 2, 3)
@@ -376,8 +442,39 @@ class TorchVectorEnv(GoalAccess, VectorEnv):
         with the sanitised actions and records the invalid ones on the device; a direct ``env.step``
         user sees the ``ValueError`` at the next ``reset()``, ``get_state()`` or ``env.raise_pending()``.
         Wrong shape, device or kind of dtype raise at once everywhere.
+
+        ``info``: empty in NEXT_STEP and DISABLED modes. In SAME_STEP mode (where an ended env returns
+        its reset observation at once), Gymnasium's keys: ``info["final_obs"]``, the observation the
+        step reached before the reset, and ``info["final_info"]``, the info of that last step (a dict
+        of ``(num_envs, ...)`` tensors; the tasks here report no per-step info, so it is empty), with
+        the masks ``info["_final_obs"]`` and ``info["_final_info"]`` (bool ``(num_envs,)``, True for
+        the envs that ended). Unlike Gymnasium, which adds these keys only on steps where some env
+        ended, they are present on every step and ``final_obs`` is a full ``(num_envs, ...)`` tensor
+        (rows of envs that did not end hold their ordinary next observation): fixed shapes and keys
+        keep the step free of data-dependent branches, so it compiles and replays in a CUDA graph.
+
+        In DISABLED mode, stepping while an env has ended and not been reset raises
+        `EndedEnvError` (an ``AssertionError``, as Gymnasium's ``SyncVectorEnv`` asserts, and a
+        ``ValueError``) and changes nothing.
         """
-        return self._step_impl(self._check_actions(actions))
+        actions = self._check_actions(actions)
+        if self.autoreset_mode == AutoresetMode.DISABLED:
+            self._check_none_ended()
+        return self._step_impl(actions)
+
+    def _check_none_ended(self) -> None:
+        """DISABLED mode: refuse a step while some env waits for its reset (one host read)."""
+        ended = self._needs_reset
+        if bool(ended.any()):
+            idx = ended.nonzero().squeeze(1).tolist()
+            raise EndedEnvError(
+                f"step: autoreset_mode is DISABLED and envs {idx} have ended (terminated or truncated); "
+                f"expected them reset first with env.reset(options={{'reset_mask': mask}})"
+            )
+
+    def _seed_np_random(self, seed: int | list[int]) -> None:
+        """``np_random`` / ``np_random_seed`` as Gymnasium's ``VectorEnv.reset(seed=...)`` sets them."""
+        self._np_random, self._np_random_seed = seeded_np_random(seed)
 
     def raise_pending(self) -> None:
         """Raise the invalid actions recorded by CUDA or compiled steps with ``validate=True``, if any.

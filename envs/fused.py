@@ -20,6 +20,7 @@ one inductor kernel and calls that kernel directly:
 
 from __future__ import annotations
 
+import logging
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -34,6 +35,27 @@ from envs.rng import Draw
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
 RESET_STREAM, STEP_STREAM = 0, 1
+
+# ``compile="auto"`` compiles on CUDA, and on CPU from this many envs: there an eager step is a few hundred
+# tensor ops whose per-op overhead dominates (about 1 ms a step), the compiled kernel several times faster,
+# and a warm compile (inductor's on-disk cache) a few seconds. Below it a compile's seconds rarely pay.
+AUTO_COMPILE_MIN_ENVS_CPU = 4096
+_log = logging.getLogger("envs")
+_notice_given = False
+
+
+def resolve_compile(compile: bool | str, device: torch.device, num_envs: int) -> bool:
+    """Whether an env's step is compiled: ``compile=True`` / ``False`` as given; ``"auto"`` (the default):
+    on CUDA always, on CPU from `AUTO_COMPILE_MIN_ENVS_CPU` envs.
+
+    >>> resolve_compile("auto", torch.device("cpu"), 4096), resolve_compile("auto", torch.device("cpu"), 64)
+    (True, False)
+    """
+    if isinstance(compile, bool):
+        return compile
+    if compile != "auto":
+        raise ValueError(f"compile: expected True, False or 'auto', got {compile!r}")
+    return device.type == "cuda" or (device.type == "cpu" and num_envs >= AUTO_COMPILE_MIN_ENVS_CPU)
 
 
 def _where(mask: torch.Tensor, a: Obs, b: Obs) -> Obs:
@@ -107,6 +129,7 @@ def fused_step(
     needs_reset: torch.Tensor,
     rng_key: torch.Tensor,
     rng_counter: torch.Tensor,
+    inline: bool = False,
 ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
     """One step of every env over the env's explicit buffers, written back in place.
 
@@ -116,6 +139,10 @@ def fused_step(
     are fresh tensors that never alias the env's state.
     """
     u8, cols = env._uint8_flags, env.compiled
+    # Traced into a caller's graph (a compiled rollout step), the flags it returns are read by the caller's
+    # own float selects: a bool viewed from uint8 is then loaded as Vectorized<bool>, which inductor's CPU
+    # code cannot cast (a C++ compile error, torch 2.13). Computed bools fuse into the caller's selects.
+    out_u8 = u8 and not inline
     # Invalid actions are recorded (validate=True on CUDA / compiled) and replaced by the nearest valid
     # ones here, inside the kernel, so that no env's state is poisoned and no host sync is needed.
     actions = env._step_actions(actions)
@@ -128,11 +155,13 @@ def fused_step(
     else:
         truncated = elapsed_new >= env.max_episode_steps
     info: dict[str, Any] = {}
-    if env.autoreset_mode == AutoresetMode.NEXT_STEP:
+    if env.autoreset_mode != AutoresetMode.SAME_STEP:
         # Gymnasium's NEXT_STEP: an env whose episode ended last step ignores the action, returns its
-        # reset observation, reward 0 and both flags False.
+        # reset observation, reward 0 and both flags False. DISABLED: no autoreset (`TorchVectorEnv.step`
+        # refuses a step while an env has ended), only the ended flags are kept.
         pending = needs_reset.view(torch.uint8) != 0 if u8 else needs_reset
-        if env._branch_free or bool(pending.any()):
+        next_step = env.autoreset_mode == AutoresetMode.NEXT_STEP
+        if next_step and (env._branch_free or bool(pending.any())):
             fresh = env._sample_reset(
                 Draw(rng_key, rng_counter, RESET_STREAM, env.dtype, _rows(env, pending))
             )
@@ -149,7 +178,10 @@ def fused_step(
     else:
         done = terminated | truncated
         info["final_obs"] = _contiguous(env._observe(new_v))
-        info["_final_obs"] = _flag(done, u8)
+        info["_final_obs"] = _flag(done, out_u8)
+        # Gymnasium's final_info: the info of each ended env's last step; the step itself reports none.
+        info["final_info"] = {}
+        info["_final_info"] = _flag(done, out_u8)
         if env._branch_free or bool(done.any()):
             fresh = env._sample_reset(Draw(rng_key, rng_counter, RESET_STREAM, env.dtype, _rows(env, done)))
             new_v = {k: _select(done, fresh[k], new_v[k], cols) for k in new_v}
@@ -159,7 +191,7 @@ def fused_step(
         _write(vars[k], t, cols)
     elapsed.copy_(elapsed_new)
     rng.increment(rng_counter)
-    return obs, reward, _flag(terminated, u8), _flag(truncated, u8), info
+    return obs, reward, _flag(terminated, out_u8), _flag(truncated, out_u8), info
 
 
 def _private_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -208,13 +240,19 @@ class CompiledStep:
 
     Args:
         env: the `TorchVectorEnv` whose buffers the step reads and writes.
+        auto: compiled because of ``compile="auto"``: the first compile in a process logs a one-line
+            notice (logger ``envs``), and a compile that fails (no C++ compiler, an inductor bug) logs a
+            warning and leaves the step eager (the same branch-free step, uncompiled) instead of raising.
 
     Attributes:
         compile_seconds: wall time spent tracing and compiling (and verifying) so far.
+        failed: the exception of a failed ``auto`` compile (the step then runs eagerly), else None.
     """
 
-    def __init__(self, env: Any):
+    def __init__(self, env: Any, auto: bool = False):
         self.env = env
+        self.auto = auto
+        self.failed: BaseException | None = None
         self.compile_seconds = 0.0
         self._direct: dict[tuple[Any, ...], _DirectCall] = {}
         self._dynamo: Callable[..., Any] | None = None  # the plain torch.compile path, once needed
@@ -222,8 +260,10 @@ class CompiledStep:
     def __call__(self, actions: torch.Tensor) -> Any:
         env = self.env
         buffers = (env._vars, env._elapsed, env._needs_reset, env._rng_key, env._rng_counter)
-        if torch.compiler.is_compiling():  # inside a caller's torch.compile: let it inline the step
-            return fused_step(env, actions, *buffers)
+        compiling = torch.compiler.is_compiling()
+        if compiling or self.failed is not None:
+            # Inside a caller's torch.compile: let it inline the step. After a failed auto compile: eager.
+            return fused_step(env, actions, *buffers, inline=compiling)
         key = (
             env._config_version,
             torch.is_grad_enabled(),
@@ -236,7 +276,37 @@ class CompiledStep:
             return direct(actions)
         if self._dynamo is not None or actions.requires_grad:
             return self._dynamo_step()(env, actions, *buffers)
-        return self._compile(key, actions, buffers)
+        if _stream_capturing(env.device):
+            # Compiling reads the device (verification) and so breaks a capture; an auto fallback would then
+            # run its eager step into the broken capture without a word. A collector warms up first.
+            raise RuntimeError(
+                f"envs: the compiled {type(env).__name__} step compiles on its first call (and again after "
+                "an attribute of the env changed), which cannot happen inside a CUDA graph capture; step "
+                "the env once before capturing (a warm-up), or make it with compile=False"
+            )
+        if not self.auto:
+            return self._compile(key, actions, buffers)
+        _auto_notice(env)
+        before = env._state()
+        try:
+            return self._compile(key, actions, buffers)
+        except Exception as e:  # noqa: BLE001 - compile="auto" must never cost the user their env
+            self.failed = e
+            # The traced step (and the verification's) may have run before the failure: take the eager
+            # step from the state the user's step started from, not a second step after it.
+            env.set_state(before)
+            root = e
+            while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+                root = inner  # dynamo wraps the backend's error (BackendCompilerFailed): name the original
+            first = str(root).strip().splitlines()[0][:160] if str(root).strip() else ""
+            _log.warning(
+                "envs: compile='auto' could not compile the %s step (%s: %s); running it eagerly "
+                "(pass compile=False to skip the attempt)",
+                type(env).__name__,
+                type(root).__name__,
+                first,
+            )
+            return fused_step(env, actions, *buffers)
 
     def _dynamo_step(self) -> Callable[..., Any]:
         if self._dynamo is None:
@@ -298,6 +368,29 @@ class CompiledStep:
         args = list(inputs)
         args[slots[0]] = None
         return _DirectCall(compiled, args, slots[0], spec)
+
+
+def _stream_capturing(device: torch.device) -> bool:
+    """Whether ``device``'s current stream is capturing a CUDA graph (False on every other device)."""
+    if device.type != "cuda":
+        return False
+    with torch.cuda.device(device):  # the env's device, which need not be the current one
+        return torch.cuda.is_current_stream_capturing()
+
+
+def _auto_notice(env: Any) -> None:
+    """One line, once per process, when ``compile="auto"`` first compiles a step."""
+    global _notice_given
+    if _notice_given:
+        return
+    _notice_given = True
+    _log.warning(
+        "envs: compile='auto' is compiling the %s step for %d envs on %s (seconds once; inductor's cache "
+        "makes later runs faster; compile=False skips it)",
+        type(env).__name__,
+        env.num_envs,
+        env.device,
+    )
 
 
 def _snapshot(env: Any) -> Any:

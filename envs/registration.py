@@ -9,6 +9,7 @@ import gymnasium as gym
 import torch
 
 from envs.core import TorchVectorEnv
+from envs.gym_env import single_entry_point
 
 NAMESPACE = "hrl_nested"
 
@@ -27,13 +28,21 @@ _IDS: dict[str, tuple[str, int | None, float | None]] = {
 
 
 def register_envs() -> None:
-    """Register every `hrl_nested/` id with a ``vector_entry_point`` (idempotent)."""
+    """Register every `hrl_nested/` id (idempotent).
+
+    Each id has a ``vector_entry_point`` (the batched torch env: ``gymnasium.make_vec(id, num_envs=N)``
+    and `make`) and an ``entry_point`` (one env as a plain numpy ``gymnasium.Env``, `envs.gym_env`:
+    ``gymnasium.make(id)`` and ``make_vec(..., vectorization_mode="sync" | "async")``). The spec's
+    ``max_episode_steps`` is applied once on either road: passed to the vector env by ``make_vec``, and
+    as ``gymnasium.make``'s ``TimeLimit`` around a single env that has no limit of its own.
+    """
     for name, (entry, max_steps, threshold) in _IDS.items():
         env_id = f"{NAMESPACE}/{name}"
         if env_id in gym.registry:
             continue
         gym.register(
             id=env_id,
+            entry_point=single_entry_point(name),
             vector_entry_point=entry,
             max_episode_steps=max_steps,
             reward_threshold=threshold,

@@ -25,7 +25,10 @@ int64 tensor and every intermediate stays below ``2**63`` (the 32x32 multiply is
 product overflows, see `_mulhilo`), and right shifts act on non-negative values: the same bits on
 every backend, eager or compiled, with no reliance on integer overflow. Eager on CPU the same
 arithmetic runs in NumPy ``uint64`` (exact 64-bit products, five array ops a round instead of ten),
-which keeps the eager step as fast as the former hash; the two paths are tested bit for bit.
+which keeps the eager step as fast as the former hash; the two paths are tested bit for bit. Compiled on
+CPU, Philox runs on four separate 1-D words (`_philox_words`), a form inductor vectorizes: a compiled
+step computes a reset draw for every env at every step (branch-free), and the pair form's unvectorized
+loop made that half of the compiled CartPole step.
 """
 
 from __future__ import annotations
@@ -96,6 +99,34 @@ def _philox_pairs_torch(e: torch.Tensor, o: torch.Tensor, k: torch.Tensor, round
         e, o = hi ^ o ^ round_keys[r], lo
     e, o = torch.broadcast_tensors(e, o)
     return torch.stack((e[0], o[0], e[1], o[1]), -1)
+
+
+def _philox_words(
+    c: tuple[torch.Tensor, ...], k: tuple[torch.Tensor, torch.Tensor], rounds: int
+) -> tuple[torch.Tensor, ...]:
+    """`_philox_pairs_torch` on four separate 1-D words, constants as Python ints (CPU only).
+
+    Compiled on CPU, inductor vectorizes this form (one SIMD loop over rows; the pair layout's inner
+    loop of length 2 with row-dependent constants it does not): the compiled step's reset draw for every
+    env costs a fraction of what it did. Bitwise equal to `_philox_pairs_torch` (tested). On CUDA the
+    pair form stays (its constants are built for graph capture, see `_device_pair`).
+    """
+    c0, c1, c2, c3 = c
+    k0, k1 = k
+    m0, m1 = PHILOX_M[0] - 2**31, PHILOX_M[1] - 2**31
+    for r in range(rounds):
+        hi0, lo0 = _mulhilo(c0, m0)
+        hi1, lo1 = _mulhilo(c2, m1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        if r + 1 < rounds:
+            k0, k1 = (k0 + PHILOX_W[0]) & _MASK32, (k1 + PHILOX_W[1]) & _MASK32
+    return c0, c1, c2, c3
+
+
+def _bits_words(key: torch.Tensor, counter: torch.Tensor, sub: int) -> torch.Tensor:
+    """One Philox block per row, ``(N, 4)``, by `_philox_words` (the counter layout of `random_bits`)."""
+    c = (counter[:, 0], counter[:, 1], key[:, 2], (key[:, 3] << _SUB_BITS) | sub)
+    return torch.stack(_philox_words(c, (key[:, 0], key[:, 1]), PHILOX_ROUNDS), -1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -233,6 +264,16 @@ def random_bits(
         return _random_bits_numpy(key, counter, sub, blocks, words, rows)
     if rows is not None:
         key, counter = key.index_select(0, rows), counter.index_select(0, rows)
+    bits = _bits_torch(key, counter, sub, blocks, words)
+    if rows is None:
+        return bits
+    return bits.new_zeros(n, words).index_copy_(0, rows, bits)
+
+
+def _bits_torch(key: torch.Tensor, counter: torch.Tensor, sub: int, blocks: int, words: int) -> torch.Tensor:
+    """`random_bits` of every row, in int64 torch ops (any backend, eager or compiled)."""
+    if key.device.type == "cpu" and blocks == 1:
+        return _bits_words(key, counter, sub)[:, :words]
     # Counter words (c0, c2) = (counter_lo, index_lo) and (c1, c3) = (counter_hi, index_hi | sub | block),
     # built directly in Philox's pair layout; shapes (2, N, 1) and (2, N, blocks).
     word3 = (key[:, 3:4] << _SUB_BITS) | sub
@@ -241,10 +282,7 @@ def random_bits(
     e = torch.stack((counter[:, 0:1], key[:, 2:3]))
     o = torch.stack((counter[:, 1:2].expand_as(word3), word3))
     out = _philox_pairs_torch(e, o, key[:, 0:2].t().unsqueeze(-1), PHILOX_ROUNDS)  # (N, blocks, 4)
-    bits = out.reshape(out.shape[0], 4 * blocks)[:, :words]
-    if rows is None:
-        return bits
-    return bits.new_zeros(n, words).index_copy_(0, rows, bits)
+    return out.reshape(out.shape[0], 4 * blocks)[:, :words]
 
 
 def _random_bits_numpy(
@@ -290,11 +328,18 @@ def uniform(
     float32 uses the top 24 bits of one word (exactly representable, never rounds up to 1.0); float64
     joins 21 bits of one word and 32 of another for 53 bits. ``rows``: see `random_bits`.
     """
+    words = 2 * lanes if dtype == torch.float64 else lanes
+    return bits_to_uniform(random_bits(key, counter, stream, draw, words, rows), dtype)
+
+
+def bits_to_uniform(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`uniform` of given words: ``(N, lanes)`` floats of ``(N, lanes)`` words (float32) or of
+    ``(N, 2 * lanes)`` words (float64)."""
     if dtype == torch.float64:
-        bits = random_bits(key, counter, stream, draw, 2 * lanes, rows)
+        lanes = bits.shape[1] // 2
         mant = torch.add(bits[:, lanes:], bits[:, :lanes] >> 11, alpha=1 << 32)  # 21 + 32 = 53 bits
         return mant.to(torch.float64) * (2.0**-53)
-    return (random_bits(key, counter, stream, draw, lanes, rows) >> 8).to(dtype) * (2.0**-24)
+    return (bits >> 8).to(dtype) * (2.0**-24)
 
 
 class Draw:
@@ -329,14 +374,18 @@ class Draw:
         self.key, self.counter, self.stream, self.dtype, self.rows = key, counter, stream, dtype, rows
         self._used = 0
 
+    def words(self, words: int) -> torch.Tensor:
+        """The next draw's ``(N, words)`` random 32-bit words (`random_bits`)."""
+        out = random_bits(self.key, self.counter, self.stream, self._used, words, self.rows)
+        self._used += 1
+        return out
+
     def uniform(self, lanes: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
         """``(N, lanes)`` uniforms in ``[low, high)``: ``low + (high - low) * u``."""
-        u = uniform(self.key, self.counter, self.stream, self._used, lanes, self.dtype, self.rows)
-        self._used += 1
+        u = bits_to_uniform(self.words(2 * lanes if self.dtype == torch.float64 else lanes), self.dtype)
         return low + (high - low) * u if (low, high) != (0.0, 1.0) else u
 
     def integers(self, high: int | torch.Tensor, lanes: int = 1) -> torch.Tensor:
         """``(N, lanes)`` int64 in ``[0, high)``, by the exact method ``floor(u * high)`` on 53-bit u."""
-        u = uniform(self.key, self.counter, self.stream, self._used, lanes, torch.float64, self.rows)
-        self._used += 1
+        u = bits_to_uniform(self.words(2 * lanes), torch.float64)
         return torch.minimum((u * high).floor().to(torch.int64), torch.as_tensor(high) - 1)

@@ -68,7 +68,8 @@ class CorridorEnv(TorchVectorEnv):
         dtype: torch.dtype = torch.float32,
         autoreset_mode: str | object = "next_step",
         validate: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
+        render_mode: str | None = None,
     ):
         # 1. Validate options with messages that name them, and store them *before*
         #    super().__init__: the base class calls _sample_reset while it initializes.
@@ -89,6 +90,7 @@ class CorridorEnv(TorchVectorEnv):
             autoreset_mode=autoreset_mode,
             validate=validate,
             compile=compile,
+            render_mode=render_mode,  # frames: declare metadata["render_modes"], define _render_frame
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:

@@ -6,9 +6,16 @@ of
 - ``gymnasium``: ``gym.make_vec(id, num_envs, vectorization_mode=...)`` with ``"vector_entry_point"``
   where Gymnasium registers a vector env (CartPole's ``CartPoleVectorEnv``), else ``"sync"`` (one
   Python env per copy; only up to 4096 envs);
-- ``eager``: ``envs.make("hrl_nested/<id>", num_envs, device)``;
+- ``default``: ``envs.make("hrl_nested/<id>", num_envs, device)`` with no extra flags, what users get
+  (``compile="auto"``: compiled on CUDA and on CPU from 4096 envs, else eager);
+- ``eager``: the same with ``compile=False``;
 - ``compiled``: the same with ``compile=True`` (the step is one inductor kernel, called directly);
-  its one-off compile time is reported in its own column.
+  its one-off compile time is reported in its own column (the default path's too, when it compiles).
+
+With ``--profile`` (the default) each row also keeps a per-op breakdown of the eager step
+(``torch.profiler``: calls and self time per step of the costliest aten ops, and the time outside
+them: Python and NumPy); ``--profile-tasks`` adds rows with only that breakdown for other tasks, by
+default FourRooms with gymnax ``FourRooms-misc``'s settings (slip 1/3, 500-step limit).
 
 Actions are uniform random, generated up front (on the device for ours). Ours check action values
 (``validate=True``, the default) unless ``--no-validate``. Each measurement is the best of several
@@ -59,7 +66,11 @@ class Config:
     validate: bool = True
     """check action values in our envs (the default for users)."""
     compiled: bool = True
-    """also measure ``compile=True``."""
+    """also measure ``compile=True`` (and the default path, ``compile="auto"``)."""
+    profile: bool = True
+    """keep a per-op breakdown of the eager step in each row (``torch.profiler``)."""
+    profile_tasks: tuple[str, ...] = ("FourRooms-misc",)
+    """tasks profiled only (no Gymnasium peer here; gymnax's is in bench_rollout.py)."""
     threads: int | None = None
     """torch intra-op threads (also those of the compiled kernels); default: torch's (one per core)."""
     cold_compile: bool = False
@@ -133,12 +144,27 @@ def gymnasium_runner(task: str, n: int) -> tuple[str, Runner | None]:
     return mode, Runner(env.step, actions, torch.device("cpu"))
 
 
-def our_runner(task: str, n: int, cfg: Config, compile: bool) -> Runner:
-    """``hrl_nested/<task>`` on ``cfg.device``; a compiled env is compiled here (timed)."""
-    env = envs.make(
-        f"hrl_nested/{task}", num_envs=n, device=cfg.device, validate=cfg.validate, compile=compile
-    )
-    env.reset(seed=0)
+# Tasks profiled with a peer's settings: name -> (our id, constructor options).
+PROFILE_TASKS = {
+    "FourRooms-misc": (
+        "hrl_nested/FourRooms-v0",
+        {"slip_prob": 1.0 / 3.0, "max_episode_steps": 500, "goal": (8, 9)},
+    ),
+}
+
+
+def make_ours(task: str, n: int, cfg: Config, compile: bool | None) -> Any:
+    """Our env for ``task`` (a Gymnasium id or a `PROFILE_TASKS` name); ``compile=None``: the default."""
+    env_id, options = PROFILE_TASKS.get(task, (f"hrl_nested/{task}", {}))
+    kw: dict[str, Any] = dict(options)
+    if compile is not None:
+        kw["compile"] = compile
+    if not cfg.validate:
+        kw["validate"] = False
+    return envs.make(env_id, num_envs=n, device=cfg.device, **kw)
+
+
+def _actions(env: Any, n: int) -> list[torch.Tensor]:
     g = torch.Generator(device=env.device).manual_seed(0)
     space = env.single_action_space
     if isinstance(space, gym.spaces.Discrete):
@@ -148,10 +174,55 @@ def our_runner(task: str, n: int, cfg: Config, compile: bool) -> Runner:
         hi = torch.as_tensor(space.high, dtype=env.dtype, device=env.device)
         u = torch.rand((64, n, *space.shape), generator=g, device=env.device, dtype=env.dtype)
         acts = lo + (hi - lo) * u
-    actions = list(acts.unbind(0))
+    return list(acts.unbind(0))
+
+
+def profile_step(task: str, n: int, cfg: Config, steps: int = 20) -> dict[str, Any]:
+    """Where an eager step's time goes: the costliest aten ops (calls, self microseconds per step) and
+    the wall time outside aten ops (Python, NumPy), from ``torch.profiler`` over ``steps`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    env = make_ours(task, n, cfg, compile=False)
+    env.reset(seed=0)
+    actions = _actions(env, n)
+    for a in actions[:5]:
+        env.step(a)
+    _sync(env.device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        env.step(actions[i % len(actions)])
+    _sync(env.device)
+    wall_us = (time.perf_counter() - t0) / steps * 1e6
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            env.step(actions[i % len(actions)])
+        _sync(env.device)
+    ops = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    aten_us = sum(e.self_cpu_time_total for e in ops) / steps
+    top = sorted(ops, key=lambda e: -e.self_cpu_time_total)[:12]
+    return dict(
+        path="eager",
+        steps=steps,
+        wall_us_per_step=wall_us,
+        aten_ops_per_step=sum(e.count for e in ops) / steps,
+        aten_self_us_per_step=aten_us,
+        outside_aten_us_per_step=max(wall_us - aten_us, 0.0),
+        top_ops=[
+            dict(op=e.key, calls_per_step=e.count / steps, self_us_per_step=e.self_cpu_time_total / steps)
+            for e in top
+        ],
+    )
+
+
+def our_runner(task: str, n: int, cfg: Config, compile: bool | None) -> Runner:
+    """``hrl_nested/<task>`` on ``cfg.device``; a compiled env is compiled here (timed)."""
+    env = make_ours(task, n, cfg, compile)
+    env.reset(seed=0)
+    actions = _actions(env, n)
     env.step(actions[0])  # compiles, when compiled
     _sync(env.device)
-    return Runner(env.step, actions, env.device, env.compile_seconds if compile else None)
+    return Runner(env.step, actions, env.device, env.compile_seconds if env.compiled else None)
 
 
 def main(cfg: Config) -> list[dict[str, Any]]:
@@ -167,6 +238,7 @@ def main(cfg: Config) -> list[dict[str, Any]]:
             mode, gym_run = gymnasium_runner(task, n)
             runners = {"eager": our_runner(task, n, cfg, compile=False)}
             if cfg.compiled:
+                runners["default"] = our_runner(task, n, cfg, compile=None)
                 runners["compiled"] = our_runner(task, n, cfg, compile=True)
             if gym_run is not None:
                 runners["gymnasium"] = gym_run
@@ -178,12 +250,23 @@ def main(cfg: Config) -> list[dict[str, Any]]:
                     num_envs=n,
                     gymnasium_mode=mode,
                     gymnasium_steps_per_s=rate.get("gymnasium"),
+                    default_steps_per_s=rate.get("default"),
+                    default_compiled=runners["default"].compile_s is not None if cfg.compiled else False,
                     eager_steps_per_s=rate["eager"],
                     compiled_steps_per_s=rate.get("compiled"),
                     compile_s=runners["compiled"].compile_s if cfg.compiled else None,
                 )
             )
+            if cfg.profile:
+                rows[-1]["profile"] = profile_step(task, n, cfg)
             print(_line(rows[-1]), flush=True)
+    for task in cfg.profile_tasks if cfg.profile else ():
+        for n in cfg.sizes:
+            prof = profile_step(task, n, cfg)
+            rows.append(dict(task=task, num_envs=n, profile_only=True, profile=prof))
+            print(
+                f"{task:26s} {n:8d} eager step {prof['wall_us_per_step']:.0f} us (profile only)", flush=True
+            )
     meta = dict(
         device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
@@ -219,8 +302,8 @@ def _cpu_name() -> str:
 
 
 HEADER = (
-    f"{'task':26s} {'N':>8s} {'gymnasium':>22s} {'eager':>9s} {'compiled':>9s} "
-    f"{'eager/gym':>9s} {'comp/gym':>9s} {'compile_s':>9s}"
+    f"{'task':26s} {'N':>8s} {'gymnasium':>22s} {'default':>9s} {'eager':>9s} {'compiled':>9s} "
+    f"{'dflt/gym':>9s} {'eager/gym':>9s} {'comp/gym':>9s} {'compile_s':>9s}"
 )
 
 
@@ -236,8 +319,10 @@ def _line(r: dict[str, Any]) -> str:
     gym_col = f"{_fmt(r['gymnasium_steps_per_s'])} ({'vector' if r['gymnasium_mode'] != 'sync' else 'sync'})"
     compile_s = "-" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
     gym_rate, eager, comp = r["gymnasium_steps_per_s"], r["eager_steps_per_s"], r["compiled_steps_per_s"]
+    dflt = r["default_steps_per_s"]
     return (
-        f"{r['task']:26s} {r['num_envs']:8d} {gym_col:>22s} {_fmt(eager):>9s} {_fmt(comp):>9s} "
+        f"{r['task']:26s} {r['num_envs']:8d} {gym_col:>22s} "
+        f"{_fmt(dflt):>9s} {_fmt(eager):>9s} {_fmt(comp):>9s} {_ratio(dflt, gym_rate):>9s} "
         f"{_ratio(eager, gym_rate):>9s} {_ratio(comp, gym_rate):>9s} {compile_s:>9s}"
     )
 

@@ -5,12 +5,20 @@
     python experiments/bench_ppo.py --seeds 100 --total-steps 16384 --sb3-zoo-total-steps 16384 \
         --out /tmp/bench_ppo_smoke.json                    # a smoke run
 
-Three kinds of row, in one run, so that implementation speed and hyperparameters are told apart:
+Four kinds of row, in one run, so that implementation speed and hyperparameters are told apart:
 
 - ``ours``: `hrl_nested.algos.ppo.train` with `PPOConfig`'s defaults (on CUDA one row per path: eager,
   CUDA graph, CUDA graph + compile);
 - ``sb3 (our hyperparameters)``: SB3's PPO configured like ours, as far as SB3 allows (below): the
   difference to ``ours`` is the implementation;
+- ``ours (--num-seeds K, one process)``: every seed at once in one process (`hrl_nested.algos.
+  ppo_multiseed`, the same settings as ``ours``); below the table, that process's wall time against the
+  sum of the K sequential ``ours`` runs (each run, and each seed of the process, stops at its solve; the
+  process when its last seed has);
+- with ``--rejax-python PY`` (an environment with rejax 0.1.3, see ``experiments/rejax_ppo.py``), a
+  second table: the whole budget with only a final evaluation, ours against rejax's PPO compiled end to
+  end with JAX (PureJaxRL's design) with our settings, one seed and all seeds in one process (rejax:
+  ``vmap``), compile time in its own column;
 - ``sb3 (rl-zoo hyperparameters)``: SB3's PPO with rl-zoo's tuned CartPole-v1 settings (8 envs x 32
   steps, 20 epochs of one 256-minibatch, lr and clip annealed from 1e-3 and 0.2, gamma 0.98, lambda
   0.8): about 40x more gradient steps per env step than ours, a different trade of samples for compute.
@@ -78,6 +86,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -89,6 +98,7 @@ import tyro
 
 from hrl_nested.algos import Task, resolve_device
 from hrl_nested.algos.ppo import PPOConfig, train
+from hrl_nested.algos.ppo_multiseed import train_seeds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_RETURN = 500.0  # CartPole-v1: reward 1 per step, truncated at 500 steps (ours and Gymnasium's)
@@ -140,6 +150,15 @@ class BenchConfig:
     ``our-hparams`` row."""
     num_envs: int = Task.num_envs
     """Parallel envs of ours and of SB3 with our hyperparameters."""
+    rejax_python: str | None = None
+    """Python of an environment with rejax 0.1.3 (which needs ``gymnax<1.0``, so not this one; see
+    ``experiments/rejax_ppo.py``). With it, a second table: the whole fixed budget (final evaluation
+    only) of ours and of rejax's end-to-end compiled PPO with our settings, one seed and all seeds in
+    one process, rejax's compile time in its own column. None: no rejax rows."""
+    num_seeds_row: bool = True
+    """Also train every seed at once in one process (``train.py --num-seeds``, `hrl_nested.algos.
+    ppo_multiseed`; the seeds must be consecutive): a row per seed, and the wall time of that one process
+    against the sum of the sequential ``ours`` runs of the same seeds (``--no-num-seeds-row`` skips it)."""
 
 
 # ---------------------------------------------------------------------------- ours
@@ -151,15 +170,102 @@ def run_ours(cfg: BenchConfig, seed: int, device: str, compile: bool, capture: s
     )  # fmt: skip
     task = Task(total_steps=cfg.total_steps, num_envs=cfg.num_envs, seed=seed, device=device,
                 eval_episodes=cfg.eval_episodes)  # fmt: skip
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     summary = train(task, ppo)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     return _seed_row(
         seed, bool(summary["solved"]), wall=wall, env_steps=summary["env_steps"],
         eval_time=summary["eval_time_s"], eval_return=summary["eval_return_mean"],
         compile_s=summary["warmup_s"], budget_steps=max(1, math.ceil(cfg.total_steps / batch)) * batch,
-        iterations=summary["iterations"], eval_every_iterations=ppo.eval_every,
+        iterations=summary["iterations"], eval_every_iterations=ppo.eval_every, cpu_s=cpu,
     )  # fmt: skip
+
+
+def run_ours_seeds(cfg: BenchConfig, device: str) -> tuple[list[dict[str, Any]], float, float]:
+    """All of ``cfg.seeds`` in one process (`ppo_multiseed.train_seeds`), the same settings as `run_ours`;
+    each seed stops logging at its solve, the process once every seed has. Returns the per-seed rows, the
+    process's wall time and its CPU time (setup, every evaluation and the last seed's solve included)."""
+    seeds = sorted(cfg.seeds)
+    batch = cfg.num_envs * cfg.ppo.num_steps
+    ppo = dataclasses.replace(
+        cfg.ppo, eval_every=max(1, round(cfg.eval_every_steps / batch)), stop_at_return=cfg.threshold,
+        compile=False, capture="none", eval_max_return=MAX_RETURN if cfg.eval_early_stop else None,
+    )  # fmt: skip
+    task = Task(total_steps=cfg.total_steps, num_envs=cfg.num_envs, seed=seeds[0], device=device,
+                eval_episodes=cfg.eval_episodes)  # fmt: skip
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    summaries = train_seeds(task, ppo, len(seeds))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    rows = [
+        _seed_row(
+            s["seed"], bool(s["solved"]), wall=s["time_to_solve_s"] or s["wall_s"], env_steps=s["env_steps"],
+            eval_time=s["eval_time_s"], eval_return=s["eval_return_mean"], compile_s=s["warmup_s"],
+            iterations=s["iterations"], eval_every_iterations=ppo.eval_every,
+        )  # fmt: skip
+        for s in summaries
+    ]
+    return rows, wall, cpu
+
+
+def budget_rows(cfg: BenchConfig, device: str) -> list[dict[str, Any]]:
+    """The whole budget, final evaluation only, no early stop: ours (first seed; all seeds in one
+    process) and rejax with the same settings (one seed; all seeds vmapped), each timed by wall clock."""
+    seeds = sorted(cfg.seeds)
+    ppo = dataclasses.replace(cfg.ppo, eval_every=0)
+    task = Task(total_steps=cfg.total_steps, num_envs=cfg.num_envs, seed=seeds[0], device=device,
+                eval_episodes=cfg.eval_episodes)  # fmt: skip
+    rows = []
+    t0 = time.perf_counter()
+    one = train(task, ppo)
+    rows.append(dict(learner="ours", seeds=1, total_s=time.perf_counter() - t0, compile_s=one["warmup_s"],
+                     env_steps=one["env_steps"], eval_return_mean=one["eval_return_mean"]))  # fmt: skip
+    t0 = time.perf_counter()
+    many = train_seeds(task, ppo, len(seeds))
+    rows.append(dict(learner="ours (--num-seeds)", seeds=len(seeds), total_s=time.perf_counter() - t0,
+                     compile_s=many[0]["warmup_s"], env_steps=many[0]["env_steps"],
+                     eval_return_mean=statistics.mean(m["eval_return_mean"] for m in many)))  # fmt: skip
+    batch = cfg.num_envs * cfg.ppo.num_steps
+    settings = {
+        "seed": seeds[0], "total_timesteps": max(1, math.ceil(cfg.total_steps / batch)) * batch,
+        "num_envs": cfg.num_envs, "num_steps": ppo.num_steps, "num_epochs": ppo.update_epochs,
+        "num_minibatches": ppo.num_minibatches, "learning_rate": ppo.lr, "gamma": ppo.gamma,
+        "gae_lambda": ppo.gae_lambda, "clip_eps": ppo.clip_coef, "ent_coef": ppo.ent_coef,
+        "vf_coef": ppo.vf_coef, "max_grad_norm": ppo.max_grad_norm,
+    }  # fmt: skip
+    env = dict(os.environ)
+    if cfg.threads == 1:  # as our learners: one thread for the numerical work
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+    for k in (1, len(seeds)):
+        script = Path(__file__).resolve().parent / "rejax_ppo.py"
+        t0 = time.perf_counter()
+        proc = subprocess.run([cfg.rejax_python, str(script), json.dumps({**settings, "num_seeds": k})],
+                              capture_output=True, text=True, env=env, check=False)  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemExit(f"rejax ({cfg.rejax_python}) failed:\n{proc.stderr[-2000:]}")
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(dict(learner="rejax 0.1.3 (vmap)" if k > 1 else "rejax 0.1.3", seeds=k,
+                         total_s=out["compile_s"] + out["train_s"], compile_s=out["compile_s"],
+                         train_s=out["train_s"], process_s=time.perf_counter() - t0,
+                         env_steps=out["env_steps"],
+                         eval_return_mean=statistics.mean(out["eval_return_mean"])))  # fmt: skip
+    return rows
+
+
+def budget_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "Whole budget per seed, final evaluation only (ours: 20 episodes; rejax: its 128); ours' compile = "
+        "first rollout + update; rejax: jit compile, then the compiled run; rejax keeps lr constant (0.1.3 "
+        "has no annealing)",
+        "| learner | seeds | env steps per seed | total s | compile s | total s excl. compile "
+        "| eval return |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['learner']} | {r['seeds']} | {r['env_steps']} | {r['total_s']:.2f} | {r['compile_s']:.2f} "
+            f"| {r['total_s'] - r['compile_s']:.2f} | {r['eval_return_mean']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- Stable-Baselines3
@@ -402,6 +508,12 @@ def main(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.sb3:
         importlib.import_module("stable_baselines3")
 
+    seeds = sorted(cfg.seeds)
+    if cfg.num_seeds_row and seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise SystemExit(
+            f"--seeds: expected consecutive seeds for the --num-seeds row (--seed S --num-seeds K trains "
+            f"S ... S+K-1), got {cfg.seeds}; or pass --no-num-seeds-row"
+        )
     device = resolve_device(cfg.device)
     variants = [("ours", dict(compile=False, capture="auto"))]
     reference = "ours"
@@ -416,14 +528,45 @@ def main(cfg: BenchConfig) -> dict[str, Any]:
     for name, kw in variants:
         results[name] = [run_ours(cfg, s, str(device), **kw) for s in cfg.seeds]
         print(f"{name}: " + ", ".join(_fmt(r["time_to_solve_s"]) for r in results[name]), flush=True)
+    multi = None
+    if cfg.num_seeds_row and len(cfg.seeds) > 1:
+        name = f"ours (--num-seeds {len(cfg.seeds)}, one process)"
+        results[name], multi_wall, multi_cpu = run_ours_seeds(cfg, str(device))
+        sequential = sum(r["wall_s"] for r in results[reference])
+        sequential_cpu = sum(r["cpu_s"] for r in results[reference])
+        multi = {
+            "row": name,
+            "seeds": len(cfg.seeds),
+            "one_process_wall_s": multi_wall,
+            "sequential_wall_s": sequential,
+            "speedup": sequential / multi_wall,
+            # CPU time is less sensitive to other processes on a shared machine than wall time
+            "one_process_cpu_s": multi_cpu,
+            "sequential_cpu_s": sequential_cpu,
+            "cpu_speedup": sequential_cpu / multi_cpu,
+            "sequential_row": reference,
+        }
+        print(f"{name}: {multi_wall:.2f} s for all seeds vs {sequential:.2f} s sequential", flush=True)
     if cfg.sb3:
         for variant in dict.fromkeys(cfg.sb3_variants):
             name = SB3_OURS if variant == "our-hparams" else SB3_ZOO
             results[name] = [run_sb3(cfg, s, variant) for s in cfg.seeds]
             print(f"{name}: " + ", ".join(_fmt(r["time_to_solve_s"]) for r in results[name]), flush=True)
 
+    budget = budget_rows(cfg, str(device)) if cfg.rejax_python else None
     summary = summarize(results, cfg)
     table = make_table(summary, results, cfg, device, reference)
+    if multi is not None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        table += (
+            f"\n{multi['seeds']} seeds in one process ({multi['row']}): {multi['one_process_wall_s']:.2f} s "
+            f"wall vs {multi['sequential_wall_s']:.2f} s for the {multi['seeds']} sequential '{reference}' "
+            f"runs: {multi['speedup']:.2f}x (each stops at its solve; the process when its last seed has); "
+            f"CPU time {multi['one_process_cpu_s']:.2f} s vs {multi['sequential_cpu_s']:.2f} s: "
+            f"{multi['cpu_speedup']:.2f}x; load average {load:.1f} on {os.cpu_count()} cores"
+        )
+    if budget is not None:
+        table += "\n\n" + budget_table(budget)
     print(table)
 
     report = {
@@ -442,6 +585,8 @@ def main(cfg: BenchConfig) -> dict[str, Any]:
         "sb3_rl_zoo_hyperparameters": ZOO,
         "results": results,
         "summary": summary,
+        "num_seeds": multi,
+        "budget_rows": budget,
         "table": table,
     }
     out = default_out(cfg, device)

@@ -5,8 +5,9 @@ of envs, one rollout collects T steps x N envs into a full batch (obs, action, l
 reward, true next obs, terminated, truncated) plus episode statistics, on both sides. One table row
 per path:
 
-- ``ours eager``: `hrl_nested.rollout.make_rollout` with ``capture="auto"`` (a CUDA graph on CUDA,
-  eager on CPU);
+- ``ours default``: `hrl_nested.rollout.make_rollout` with its defaults on an env made with no
+  compile flag (``compile="auto"``: the env's step compiled on CUDA and on CPU from 4096 envs);
+- ``ours eager``: the same with the env made with ``compile=False`` (a CUDA graph on CUDA, eager on CPU);
 - ``ours compiled``: the same with ``compile_step=True`` and the env made with ``compile=True`` (one
   ``torch.compile``-d step; captured as a CUDA graph on CUDA);
 - ``gymnax``: ``jit(lax.scan)`` over ``vmap(env.step)``.
@@ -72,7 +73,7 @@ TASKS = {  # name -> (our id, fallback entry point, our constructor options, gym
         "FourRooms-misc",
     ),
 }
-PATHS = ("ours eager", "ours compiled", "gymnax")  # one table row each
+PATHS = ("ours default", "ours eager", "ours compiled", "gymnax")  # one table row each
 OFF = {"skipped": "off"}
 
 
@@ -121,9 +122,12 @@ def random_policy(n_actions: int):
     return policy_fn
 
 
-def make_ours(task: str, num_envs: int, device: str, compiled: bool):
+def make_ours(task: str, num_envs: int, device: str, compiled: bool | None):
+    """Our env for ``task``; ``compiled=None``: no compile flag (the env's default, ``"auto"``)."""
     env_id, entry, options, _ = TASKS[task]
-    kw = dict(device=device, autoreset_mode="same_step", validate=False, compile=compiled, **options)
+    kw = dict(device=device, autoreset_mode="same_step", validate=False, **options)
+    if compiled is not None:
+        kw["compile"] = compiled
     note = ""
     try:
         env = envs.make(env_id, num_envs, **kw)
@@ -147,7 +151,7 @@ class Runner:
     info: dict
 
 
-def prepare_ours(task: str, policy: str, num_envs: int, cfg: Config, compiled: bool) -> Runner | dict:
+def prepare_ours(task: str, policy: str, num_envs: int, cfg: Config, compiled: bool | None) -> Runner | dict:
     env, note = make_ours(task, num_envs, cfg.device, compiled)
     if env is None:
         return {"skipped": note}
@@ -158,7 +162,7 @@ def prepare_ours(task: str, policy: str, num_envs: int, cfg: Config, compiled: b
     else:
         n_actions = int(env.single_action_space.n)
         policy_fn, params = random_policy(n_actions), {"_device": torch.zeros(1, device=cfg.device)}
-    collect = make_rollout(env, policy_fn, cfg.steps, compile_step=compiled)
+    collect = make_rollout(env, policy_fn, cfg.steps, compile_step=bool(compiled))
     obs, _ = env.reset(seed=0)
     sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
     t0 = time.perf_counter()
@@ -313,8 +317,9 @@ def main(cfg: Config) -> list[dict]:
         for policy in cfg.policies:
             for n in default_sizes(cfg):
                 runners = {
+                    "ours default": _try_compiled(task, policy, n, cfg, None),
                     "ours eager": prepare_ours(task, policy, n, cfg, compiled=False),
-                    "ours compiled": _try_compiled(task, policy, n, cfg) if cfg.compile else OFF,
+                    "ours compiled": _try_compiled(task, policy, n, cfg, True) if cfg.compile else OFF,
                     "gymnax": prepare_gymnax(task, policy, n, cfg) if cfg.gymnax else OFF,
                 }
                 timed = measure(runners, n, cfg)
@@ -338,11 +343,11 @@ def default_sizes(cfg: Config) -> tuple[int, ...]:
     return cfg.num_envs_list or ((65536, 1048576) if cfg.device.startswith("cuda") else (4096,))
 
 
-def _try_compiled(task: str, policy: str, n: int, cfg: Config) -> dict:
-    """The compiled variant, or a row saying why it could not be built (an inductor codegen error
+def _try_compiled(task: str, policy: str, n: int, cfg: Config, compiled: bool | None) -> dict:
+    """A variant that may compile, or a row saying why it could not be built (an inductor codegen error
     on this torch/CPU must not cost the eager and gymnax measurements of the same run)."""
     try:
-        return prepare_ours(task, policy, n, cfg, True)
+        return prepare_ours(task, policy, n, cfg, compiled)
     except Exception as e:  # noqa: BLE001 - reported in the table, not swallowed
         msg = str(e).splitlines()[0][:80] if str(e) else ""
         print(f"  compiled {task}/{policy}/{n} failed: {type(e).__name__}: {msg}", flush=True)
@@ -365,7 +370,8 @@ def print_table(rows: list[dict], cfg: Config) -> None:
     dev = device_name(cfg.device)
     print(
         f"\nRollout throughput, M steps/s (T={cfg.steps}, median of {cfg.repeats}), "
-        f"device {cfg.device} ({dev}), torch threads {torch.get_num_threads()}"
+        f"device {cfg.device} ({dev}), torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg() if hasattr(os, 'getloadavg') else '?'}"
     )
     head = ("task", "policy", "num_envs", "path", "M steps/s", "first call s", "vs gymnax")
     print("| " + " | ".join(head) + " |")
@@ -393,7 +399,9 @@ def print_table(rows: list[dict], cfg: Config) -> None:
             "both sides)"
         )
     notes.append(
-        "ours eager = make_rollout(capture='auto'): a CUDA graph on CUDA, eager on CPU; ours compiled adds "
+        "ours default = no compile flag anywhere (the env's compile='auto'); "
+        "ours eager = make_rollout(capture='auto') on a compile=False env: a CUDA graph on CUDA, eager on "
+        "CPU; ours compiled adds "
         "compile_step=True and an env made with compile=True; first call s = the first rollout (for ours "
         "compiled: cold compile and capture; for gymnax: the jit)"
     )

@@ -10,7 +10,9 @@ own directory ``OUT/runs/<algo>/<task>/seed-<s>``; an interrupted run resumes fr
 
 Writes ``OUT/results.md`` (per row: seeds reaching 0.9 eval success within the budget, median env steps
 to 0.9, final success mean and 95% bootstrap interval), ``OUT/results.json`` (what the table used) and
-``OUT/curves_<task>.png`` (eval success against env steps, mean and 95% interval over seeds).
+``OUT/curves_<task>.png`` (eval success against env steps, mean and 95% interval over seeds) and
+``OUT/aggregate.png`` (rliable's IQM, optimality gap and performance profile over tasks), each with the
+numbers behind it in a ``.json`` beside it, all drawn by ``experiments/plot.py``.
 
 Seeds: the table uses seeds 100-... (``--first-seed``); every algorithm runs with its shipped defaults,
 which were not tuned on these seeds (flat PPO's were tuned on CartPole seeds 0-31).
@@ -19,6 +21,8 @@ which were not tuned on these seeds (flat PPO's were tuned on CartPole seeds 0-3
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import math
 import shutil
@@ -37,9 +41,19 @@ TASKS = {  # task -> (env steps, seeds)
 }
 ALGOS = {  # row name -> train.py flags
     "ppo": ["--algo", "ppo"],
+    # control: flat PPO with temporally extended exploration (Nachum et al. 2019: much of a hierarchy's gain)
+    "ppo+explore": ["--algo", "ppo", "--ppo.explore", "ez-greedy"],
     "hrl": ["--algo", "hrl"],
     "lirpg": ["--algo", "lirpg"],
     "nested-hrl": ["--algo", "nested-hrl", "--nested-hrl.hypergrad", "truncated"],
+    # control: one learned weight on hrl's fixed shaping, by the same hypergradient as nested-hrl
+    "nested-hrl-scalar": [
+        "--algo", "nested-hrl", "--nested-hrl.hypergrad", "truncated", "--nested-hrl.shaping", "scalar",
+    ],
+}  # fmt: skip
+CONTROLS = {  # control row -> (the row it adds one thing to, the full method whose gain it tests)
+    "ppo+explore": ("ppo", "nested-hrl"),
+    "nested-hrl-scalar": ("hrl", "nested-hrl"),
 }
 ABLATION = {
     f"nested-hrl/{m}": ["--algo", "nested-hrl", "--nested-hrl.hypergrad", m, "--nested-hrl.check-every", "10"]
@@ -120,34 +134,64 @@ def _estimator_stats(run_dirs: list[Path]) -> dict:
     }
 
 
-def plot_curves(path: Path, task: str, rows: dict[str, dict[int, tuple[list[int], list[float]]]]) -> None:
-    """Eval success against env steps: mean over seeds and a 95% bootstrap band, one line per algorithm."""
-    import matplotlib
+PLOT_REPS = 2000  # bootstrap resamples behind each plotted interval
+_ROW_ORDER = [*ALGOS, *ABLATION]  # one color per row in every figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curves in rows.items():
-        grid = sorted({s for steps, _ in curves.values() for s in steps})
-        if not grid:
-            continue
-        # each seed's success as a step function of env steps, on the union of evaluation points
-        mat = np.array(
-            [
-                np.interp(grid, steps, success) if steps else np.full(len(grid), np.nan)
-                for steps, success in curves.values()
-            ]
+def _plot_module():
+    """``experiments/plot.py`` (a script beside this one, not a package module)."""
+    if "hrl_nested_plot" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("hrl_nested_plot", Path(__file__).with_name("plot.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+    return sys.modules["hrl_nested_plot"]
+
+
+def _row_runs(out: Path, task: str, rows: dict[str, dict]) -> list:
+    """plot.py's runs of a task's rows, labelled by row (ablation rows share config.json's ``algo``)."""
+    plot = _plot_module()
+    runs = []
+    for name, row in rows.items():
+        for s in row["curves"]:
+            run_dir = out / "runs" / name.replace("/", "-") / task.replace("/", "_") / f"seed-{s}"
+            run = plot.load_run(run_dir, "eval_success_rate")
+            if run is not None:  # no evaluation logged yet: nothing to draw
+                runs.append(dataclasses.replace(run, algo=name))
+    return runs
+
+
+def plot_curves(out: Path, task: str, rows: dict[str, dict]) -> None:
+    """``OUT/curves_<task>.png`` (+ ``.json``): eval success against env steps, one line per row, through
+    ``experiments/plot.py`` (mean over seeds on a common env-step grid, 95% bootstrap band)."""
+    runs = _row_runs(out, task, rows)
+    if runs:
+        path = out / f"curves_{task.replace('/', '_')}.png"
+        _plot_module().write_figure(
+            runs, path, "eval_success_rate", algo_order=_ROW_ORDER, aggregate=False, reps=PLOT_REPS
         )
-        mean = np.nanmean(mat, 0)
-        band = np.array([_bootstrap_ci(col[~np.isnan(col)]) for col in mat.T])
-        ax.plot(grid, mean, label=name)
-        ax.fill_between(grid, band[:, 0], band[:, 1], alpha=0.2)
-    ax.set(xlabel="env steps", ylabel="eval success rate", title=task, ylim=(-0.02, 1.02))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def plot_aggregate(out: Path, table: dict[str, dict]) -> None:
+    """``OUT/aggregate.png`` (+ ``.json``): the main rows (no control, no ablation: those run on fewer
+    tasks, which would shrink the common task set) on every task, with rliable's IQM, optimality gap and
+    performance profile of final eval success over the tasks every main row ran; success is normalized
+    by its own range 0:1."""
+    main_rows = [n for n in ALGOS if n not in CONTROLS]
+    runs = [
+        r
+        for task, rows in table.items()
+        for r in _row_runs(out, task, {n: row for n, row in rows.items() if n in main_rows})
+    ]
+    if runs:
+        _plot_module().write_figure(
+            runs,
+            out / "aggregate.png",
+            "eval_success_rate",
+            algo_order=_ROW_ORDER,
+            score_range={task: (0.0, 1.0) for task in {r.env for r in runs}},
+            reps=PLOT_REPS,
+        )
 
 
 def write_markdown(path: Path, table: dict, args) -> None:
@@ -191,7 +235,70 @@ def write_markdown(path: Path, table: dict, args) -> None:
             for n, r in ablation.items():
                 cos = "-" if r["hypergrad_cosine_mean"] is None else f"{r['hypergrad_cosine_mean']:.3f}"
                 lines.append(f"| {n} | {r['s_per_iteration']:.3f} | {cos} |")
+    lines += controls_markdown(table)
     path.write_text("\n".join(lines) + "\n")
+
+
+def controls_markdown(table: dict) -> list[str]:
+    """The controls beside what they control for, per task where all three rows have finished seeds:
+    ``ppo+explore`` between ``ppo`` and ``nested-hrl`` (how much of the hierarchy's gain exploration
+    alone recovers), ``nested-hrl-scalar`` between ``hrl`` and ``nested-hrl`` (how much of the learned
+    shaping's gain one learned weight recovers). ``share of the gap`` is ``(control - base) / (full -
+    base)`` of the final success means, shown only where ``full - base >= 0.1``; a sentence per row
+    reads it (all numbers from the table: nothing here is written by hand)."""
+    rows_md, sentences = [], []
+    for task, rows in table.items():
+        for control, (base, full) in CONTROLS.items():
+            names = (base, control, full)
+            if not all(n in rows and rows[n]["final_success_mean"] is not None for n in names):
+                continue
+            fin = {n: rows[n]["final_success_mean"] for n in names}
+            med = {n: rows[n]["median_steps_to_0.9"] for n in names}
+            gap = fin[full] - fin[base]
+            share = (fin[control] - fin[base]) / gap if gap >= 0.1 else None
+            steps = " / ".join("-" if med[n] is None else f"{med[n]:.0f}" for n in names)
+            solved = " / ".join(f"{rows[n]['solved']}/{rows[n]['seeds']}" for n in names)
+            rows_md.append(
+                f"| {task} | {control} | {base} / {full} | {solved} | {steps} | "
+                + " / ".join(f"{fin[n]:.2f}" for n in names)
+                + f" | {'-' if share is None else f'{share:.2f}'} |"
+            )
+            sentences.append(_control_sentence(task, control, base, full, rows, fin, share))
+    if not rows_md:
+        return []
+    return [
+        "",
+        "Controls (each cell: base / control / full method):",
+        "",
+        "| task | control | base / full | solved | median steps to 0.9 | final success | share of the gap |",
+        "|---|---|---|---|---|---|---|",
+        *rows_md,
+        "",
+        *sentences,
+    ]
+
+
+def _control_sentence(task, control, base, full, rows, fin, share) -> str:
+    incomplete = [f"{n} {rows[n]['seeds']}/{rows[n]['planned']}" for n in (base, control, full)
+                  if rows[n]["seeds"] < rows[n].get("planned", rows[n]["seeds"])]  # fmt: skip
+    text = (
+        f"- {task}: final success {base} {fin[base]:.2f}, {control} {fin[control]:.2f}, "
+        f"{full} {fin[full]:.2f}. "
+    )
+    if share is None:
+        text += f"{full} gains less than 0.1 over {base} here, so there is no gain for {control} to explain"
+        diff = fin[control] - fin[base]
+        side = "above" if diff > 0 else "below"
+        text += "." if abs(diff) < 0.1 else f"; {control} is {abs(diff):.2f} {side} {base}."
+    elif share >= 0.8:
+        text += f"{control} recovers {share:.0%} of {full}'s gain over {base}: the control erases it."
+    elif share <= 0.2:
+        text += f"{control} recovers {share:.0%} of {full}'s gain over {base}: the gain is not due to it."
+    else:
+        text += f"{control} recovers {share:.0%} of {full}'s gain over {base}: part of it."
+    if incomplete:
+        text += f" Incomplete rows (seeds done/planned): {', '.join(incomplete)}."
+    return text
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -258,9 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not rows:
             continue
         table[task] = rows
-        plot_curves(
-            out / f"curves_{task.replace('/', '_')}.png", task, {k: v["curves"] for k, v in rows.items()}
-        )
+        plot_curves(out, task, rows)
+    plot_aggregate(out, table)
     (out / "results.json").write_text(json.dumps(table, indent=1))
     write_markdown(out / "results.md", table, args)
     return table

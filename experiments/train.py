@@ -23,7 +23,8 @@ import torch
 import tyro
 
 from hrl_nested.algos import ALGORITHMS, ConfigError, Task, check, finite_float, get_algorithm, positive_int
-from hrl_nested.tracking import CheckpointError, Run, RunDirError, default_run_dir
+from hrl_nested.tracking import CheckpointError, Run, RunDirError, choose_run_id, default_run_dir
+from hrl_nested.tracking.sweep_args import SweepArgError, normalize_agent_args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,9 @@ class TrainArgs(Task):
     threads: int = 1
     """torch CPU threads. 1 suits small RL networks (their ops are too small to split, and a busy core
     stalls every split op); 0 keeps torch's default of one per core."""
+    num_seeds: int = 1
+    """Train seeds ``seed ... seed+num_seeds-1`` in one process (``--algo ppo``), one run directory each,
+    ``<run-dir>/seed-<s>/`` (see `hrl_nested.algos.ppo_multiseed`); 1: a plain run in ``<run-dir>``."""
 
 
 def _field_name(algo: str) -> str:
@@ -93,7 +97,8 @@ def parse_config(argv: list[str] | None = None) -> Any:
         RunDirError: ``--resume`` names no run directory, or disagrees with ``--run-dir``.
         ResumeMismatchError: a resumed run changes a state-shaping field (`check_resume`).
     """
-    argv = sys.argv[1:] if argv is None else argv
+    # `wandb agent` passes --flag=False and --list=[64, 64], which tyro rejects: rewrite them first.
+    argv = normalize_agent_args(sys.argv[1:] if argv is None else argv, TrainConfig)
     cfg = tyro.cli(TrainConfig, args=argv)
     if cfg.resume is None:
         validate_config(cfg)
@@ -126,6 +131,7 @@ def validate_config(cfg: Any) -> None:
     """
     _task_of(cfg).validate()
     positive_int(cfg.threads, "threads", minimum=0)
+    _validate_num_seeds(cfg)
     finite_float(cfg.checkpoint_every_s, "checkpoint_every_s", low=0.0)
     if cfg.resume is None and cfg.run_dir is not None:
         check(cfg.run_dir.strip() != "", "run_dir", "a directory path", repr(cfg.run_dir))
@@ -139,6 +145,19 @@ def validate_config(cfg: Any) -> None:
         if e.section or e.field in {f.name for f in dataclasses.fields(Task)}:
             raise
         raise ConfigError(e.field, e.expected, e.got, section=cfg.algo, note=e.note) from None
+
+
+def _validate_num_seeds(cfg: Any) -> None:
+    """``--num-seeds``: a positive int; above 1 only for ``--algo ppo``, a fresh run and no videos."""
+    positive_int(cfg.num_seeds, "num_seeds")
+    if cfg.num_seeds > 1:
+        what = f"1 with --algo {cfg.algo} (many seeds in one process: --algo ppo)"
+        check(cfg.algo == "ppo", "num_seeds", what, cfg.num_seeds)
+        note = "a multi-seed run cannot be resumed; run its seeds again, or one seed alone with --num-seeds 1"
+        check(cfg.resume is None, "num_seeds", "1 with --resume", cfg.num_seeds, note=note)
+        # the multi-seed loop records no video: refuse the flag rather than drop it
+        what = "False with --num-seeds > 1 (videos are recorded by single-seed runs)"
+        check(not cfg.capture_video, "capture_video", what, cfg.capture_video)
 
 
 def check_resume(saved: Any, cfg: Any) -> None:
@@ -197,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     try:
         return _main(argv)
-    except (ConfigError, RunDirError, CheckpointError) as e:
+    except (ConfigError, RunDirError, CheckpointError, SweepArgError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
@@ -207,8 +226,12 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     algo = get_algorithm(cfg.algo)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    run_id = choose_run_id()  # the agent's WANDB_RUN_ID under `wandb agent`; also names the default dir
     if cfg.run_dir is None:
-        cfg = dataclasses.replace(cfg, run_dir=str(default_run_dir(cfg.algo, cfg.env, cfg.seed)))
+        run_dir = default_run_dir(cfg.algo, cfg.env, cfg.seed, run_id=run_id)
+        cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+    if cfg.num_seeds > 1:
+        return _main_seeds(cfg, run_id)
     with Run(
         cfg.run_dir,
         config={k: v for k, v in dataclasses.asdict(cfg).items()},
@@ -220,6 +243,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         wandb_mode=cfg.wandb_mode,
         wandb_project=cfg.wandb_project,
         checkpoint_every_s=cfg.checkpoint_every_s,
+        run_id=run_id,
     ) as run:
         summary = algo.train(_task_of(cfg), getattr(cfg, _field_name(cfg.algo)), run)
     shown = {
@@ -233,6 +257,34 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         + f"  ({cfg.run_dir})"
     )
     return summary
+
+
+def _main_seeds(cfg: Any, run_id: str) -> list[dict[str, Any]]:
+    """``--num-seeds K > 1``: K PPO seeds in one process, ``<run-dir>/seed-<s>/`` each; their summaries."""
+    from hrl_nested.algos import ppo_multiseed
+
+    seeds = [cfg.seed + k for k in range(cfg.num_seeds)]
+    runs = ppo_multiseed.seed_runs(
+        cfg.run_dir,
+        dataclasses.asdict(cfg),
+        algo=cfg.algo,
+        env=cfg.env,
+        seeds=seeds,
+        total_steps=cfg.total_steps,
+        wandb_mode=cfg.wandb_mode,
+        wandb_project=cfg.wandb_project,
+        checkpoint_every_s=cfg.checkpoint_every_s,
+        run_id=run_id,  # each seed's W&B id: <run_id>-s<seed>
+    )
+    try:
+        summaries = ppo_multiseed.train_seeds(_task_of(cfg), cfg.ppo, cfg.num_seeds, runs)
+    finally:
+        for run in runs:
+            run.close()
+    for s in summaries:
+        print(f"{cfg.algo} on {cfg.env} seed {s['seed']}: eval_return_mean={s.get('eval_return_mean')}")
+    print(f"{len(summaries)} seeds in {cfg.run_dir}/seed-*")
+    return summaries
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from hrl_nested.video import EpisodeClip
+
 __all__ = ["run_eval_episodes", "step_success"]
 
 # Gymnasium-Robotics: the Fetch and Shadow-hand tasks report "is_success", the mazes "success".
@@ -30,6 +32,7 @@ def run_eval_episodes(
     stop_if_below: tuple[float, float] | None = None,
     init_carry: Callable[[Any], Any] | None = None,
     reset_carry: Callable[[Any, torch.Tensor], Any] | None = None,
+    video: EpisodeClip | None = None,
 ) -> dict[str, float]:
     """One episode per env: reset with ``seed``, act until every env's first episode ended.
 
@@ -44,12 +47,16 @@ def run_eval_episodes(
             n * target``; the returned mean is then the partial one and ``eval_stopped_early`` is 1.0.
         init_carry: ``init_carry(first obs) -> carry`` for a policy with a carry (a hierarchy's goals).
         reset_carry: ``reset_carry(carry, ended) -> carry`` after each step.
+        video: records env 0's episode (`hrl_nested.video.EpisodeClip`; the env needs
+            ``render_mode="rgb_array"``) and writes it when the evaluation ends (``--capture-video``).
 
     Returns:
         ``eval_return_mean``, ``eval_length_mean`` and, where `step_success` has a rule,
         ``eval_success_rate`` (success on an episode's last step), as floats: one host copy.
     """
     obs, _ = env.reset(seed=seed)
+    if video is not None:
+        video.begin(env)
     n, device = env.num_envs, env.device
     carry = None if init_carry is None else init_carry(obs)
     ret = torch.zeros(n, device=device)
@@ -62,6 +69,8 @@ def run_eval_episodes(
         action, carry = act_fn(obs, carry)
         obs, reward, terminated, truncated, info = env.step(action)
         ended = terminated | truncated
+        if video is not None:
+            video.after_step(env, ended, info)
         if reset_carry is not None:
             carry = reset_carry(carry, ended)
         ret += torch.where(done, 0.0, reward.to(ret.dtype))
@@ -79,6 +88,8 @@ def run_eval_episodes(
                 if bool(best < n * stop_if_below[0]):
                     stopped_early = True
                     break
+    if video is not None:
+        video.finish(env)
     out = {"eval_return_mean": ret.mean(), "eval_length_mean": length.mean()}
     if stopped_early:
         out["eval_stopped_early"] = torch.ones((), device=device)

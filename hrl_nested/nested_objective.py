@@ -32,6 +32,7 @@ import torch
 from hrl_nested.optim import Optimizer, Params
 from hrl_nested.ppo_objective import ppo_objective
 from hrl_nested.returns import gae
+from hrl_nested.shaping import extrinsic_weight
 
 __all__ = [
     "InnerOuter",
@@ -96,8 +97,9 @@ def shaped_advantages(
     phi: Mapping[str, torch.Tensor], sb: ShapingBatch, reward_fn: RewardFn, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``gae(β r_ext + R_φ, V_w, V_w', terminated, truncated)``: ``(adv, returns)``, ``(T, N)``, carrying
-    φ's gradient through the rewards (the values are constants)."""
-    r_w = phi["beta"] * sb.r_ext + reward_fn(phi, sb.features)
+    φ's gradient through the rewards (the values are constants); ``β = 1`` when φ has no ``beta``
+    (`hrl_nested.shaping.extrinsic_weight`)."""
+    r_w = extrinsic_weight(phi) * sb.r_ext + reward_fn(phi, sb.features)
     return gae(r_w, sb.values, sb.next_values, sb.terminated, sb.truncated, gamma, lam)
 
 

@@ -84,7 +84,11 @@ def ppo_objective(
         params: the parameter dict (learnable tensors only; observation statistics belong in
             ``dist_fn``'s closure or inputs, not here).
         mb: ``obs``, ``actions``, ``logprobs`` (behaviour policy), ``advantages``; with a critic also
-            ``values`` (behaviour critic) and ``returns`` (value targets).
+            ``values`` (behaviour critic) and ``returns`` (value targets). Optionally ``policy_mask``
+            (bool): the rows the policy chose itself; ``L_clip``, the advantage normalization,
+            ``approx_kl`` and ``clip_fraction`` are then means over those rows only (exploratory
+            steps, `hrl_nested.exploration`, are off-policy), while the value loss and the entropy
+            use every row.
         clip_coef: the surrogate's ``epsilon`` (and the value clip range with ``clip_vloss``).
         vf_coef: value-loss coefficient (ignored without a critic).
         ent_coef: entropy-bonus coefficient.
@@ -108,6 +112,9 @@ def ppo_objective(
     dist, v = dist_fn(params, mb["obs"])
     logp = dist.log_prob(mb["actions"])
     old_logp, adv = mb["logprobs"], mb["advantages"]
+    mask = mb.get("policy_mask")
+    if mask is not None:
+        return _masked_objective(dist, v, logp, mb, mask, clip_coef, vf_coef, ent_coef, norm_adv, clip_vloss)
     if norm_adv:
         adv = normalize_advantages(adv)
     pg_loss = ppo_clip_loss(logp, old_logp, adv, clip_coef)
@@ -121,5 +128,42 @@ def ppo_objective(
         loss = pg_loss + ent_coef * entropy_loss(ent)
     with torch.no_grad():
         kl, clipfrac = approx_kl(logp, old_logp), clip_fraction(logp, old_logp, clip_coef)
+        stats = PPOStats(pg_loss.detach(), v_loss.detach(), ent.detach(), kl, clipfrac)
+    return loss, stats
+
+
+def _masked_objective(dist, v, logp, mb, mask, clip_coef, vf_coef, ent_coef, norm_adv, clip_vloss):
+    """`ppo_objective` with the policy terms restricted to the rows where ``mask`` (no boolean indexing:
+    masked sums, so the shapes stay static for ``torch.compile`` and ``vmap``)."""
+    if mask.dtype != torch.bool or tuple(mask.shape) != tuple(logp.shape):
+        raise ValueError(
+            f"mb['policy_mask']: expected a bool tensor of shape {tuple(logp.shape)}, "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+    # Masked-out rows are zeroed by torch.where, not multiplied by 0: whatever they hold (an infinite
+    # stored log-prob, a NaN advantage) reaches neither the loss nor its gradient.
+    old_logp = mb["logprobs"]
+    adv = torch.where(mask, mb["advantages"], torch.zeros_like(mb["advantages"]))
+    m = mask.to(adv.dtype)
+    count = m.sum().clamp_min(1.0)
+    if norm_adv:  # mean and Bessel-corrected std over the masked rows, as normalize_advantages does
+        mean = adv.sum() / count
+        centred = torch.where(mask, adv - mean, torch.zeros_like(adv))
+        std = (centred.square().sum() / (count - 1.0).clamp_min(1.0)).sqrt()
+        adv = centred / (std + 1e-8)
+    log_ratio = torch.where(mask, logp - old_logp, torch.zeros_like(logp))
+    ratio = log_ratio.exp()
+    surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * adv)
+    pg_loss = -torch.where(mask, surr, torch.zeros_like(surr)).sum() / count
+    ent = dist.entropy().mean()
+    if v is not None:
+        v_loss = value_loss(v, mb["values"], mb["returns"], clip_coef if clip_vloss else None)
+        loss = pg_loss + vf_coef * v_loss + ent_coef * entropy_loss(ent)
+    else:
+        v_loss = torch.zeros((), dtype=pg_loss.dtype, device=pg_loss.device)
+        loss = pg_loss + ent_coef * entropy_loss(ent)
+    with torch.no_grad():
+        kl = (((ratio - 1.0) - log_ratio) * m).sum() / count
+        clipfrac = (((ratio - 1.0).abs() > clip_coef).to(m.dtype) * m).sum() / count
         stats = PPOStats(pg_loss.detach(), v_loss.detach(), ent.detach(), kl, clipfrac)
     return loss, stats

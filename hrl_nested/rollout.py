@@ -34,6 +34,7 @@ from torch import nn
 import envs
 from hrl_nested.batch import Batch, tree_map
 from hrl_nested.distributions import DiagGaussian
+from hrl_nested.exploration import Exploration
 from hrl_nested.networks import actor_critic_apply
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
@@ -85,11 +86,18 @@ class RolloutResult(NamedTuple):
 PolicyFn = Callable[[dict[str, torch.Tensor], Obs, Any], PolicyOutput]
 
 
-def actor_critic_policy(module: nn.Module) -> PolicyFn:
+def actor_critic_policy(module: nn.Module, explore: Exploration | None = None) -> PolicyFn:
     """A stochastic policy step for an `hrl_nested.networks.ActorCritic`, driven by a parameter dict.
 
     The carry passes through unchanged. A Gaussian policy stores its draw ``u`` with the exact
     ``log_prob(u)``, and the env receives ``dist.env_action(u)`` (squashed or clipped into the box).
+
+    With ``explore`` (`hrl_nested.exploration.Exploration`: εz-greedy or action repeat) the carry is the
+    exploration state (`hrl_nested.exploration.initial_explore_carry`; end runs at episode ends with
+    ``reset_carry=hrl_nested.exploration.end_runs``): the action stored and taken is the exploratory one
+    where a run is open, its ``logprob`` is ``log π`` of that action, and ``carry["off_policy"]`` (recorded
+    in ``batch.carry``) marks those steps, for the learner to mask out of the policy loss. On-policy steps
+    keep exactly the policy's draw and log-prob. Without ``explore`` nothing changes.
 
     >>> import gymnasium as gym
     >>> from hrl_nested.networks import ActorCritic, params_of
@@ -108,7 +116,23 @@ def actor_critic_policy(module: nn.Module) -> PolicyFn:
         action = dist.sample()
         return PolicyOutput(action, dist.log_prob(action), value, carry)
 
-    return policy_fn
+    if explore is None:
+        return policy_fn
+
+    def exploring_policy_fn(params: dict[str, torch.Tensor], obs: Obs, carry: Any) -> PolicyOutput:
+        dist_params, value = actor_critic_apply(module, params, obs)
+        dist = module.distribution(dist_params)
+        if isinstance(dist, DiagGaussian):
+            own, own_logp = dist.sample_and_log_prob()
+        else:
+            own = dist.sample()
+            own_logp = dist.log_prob(own)
+        action, carry = explore.step(dist, own, carry)
+        logprob = torch.where(carry["off_policy"], dist.log_prob(action), own_logp)
+        env_action = dist.env_action(action) if isinstance(dist, DiagGaussian) else None
+        return PolicyOutput(action, logprob, value, carry, env_action)
+
+    return exploring_policy_fn
 
 
 @contextlib.contextmanager

@@ -16,6 +16,13 @@ exactly the fixed shaping of ``--algo hrl`` (`fixed_shaping`, the negative dista
 et al. 2018, "Data-efficient hierarchical reinforcement learning"): any difference between the two
 algorithms is due to learning φ.
 
+The one-scalar control (`scalar_shaping`, ``--nested-hrl.shaping scalar``) learns only the weight of
+the fixed shaping, ``R_φ = -w_d ||ag(s') - g||`` with ``β = 1`` fixed (φ = ``{w_dist}``), by the same
+hypergradient: it sits between ``hrl`` (nothing learned) and the full `goal_shaping` (potential MLP
+plus feature weights), and tests whether one learned number captures the gain of a learned shaping
+function (as reviewers of BiPaRS, Hu et al. 2020, suspected). With per-minibatch advantage
+normalization only the ratio ``w_d / β`` matters, so fixing ``β`` loses nothing.
+
 For a flat policy (LIRPG: Zheng et al. 2018, "On learning intrinsic rewards for policy gradient
 methods"), `free_shaping` is an MLP ``R_φ(s, a, s')`` whose last layer starts at zero (so training
 starts as plain PPO on ``β r_ext``).
@@ -36,14 +43,17 @@ Params = dict[str, torch.Tensor]
 
 __all__ = [
     "fixed_shaping",
+    "extrinsic_weight",
     "free_shaping",
     "goal_shaping",
     "init_free_shaping",
     "init_goal_shaping",
+    "init_scalar_shaping",
     "mlp_apply",
     "mlp_init",
     "phi_summary",
     "potential",
+    "scalar_shaping",
 ]
 
 
@@ -167,6 +177,36 @@ def goal_shaping(
     live = (~terminal).to(dist.dtype)
     pot = gamma * live * potential(phi, ag_next, g, scale) - potential(phi, ag, g, scale)
     return -phi["w_dist"] * dist + phi["w_bonus"] * reached.to(dist.dtype) + pot
+
+
+def init_scalar_shaping(
+    *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> Params:
+    """φ for `scalar_shaping`: the one weight ``w_dist = 1`` (no ``beta``: `extrinsic_weight` is then 1),
+    so training starts exactly at the fixed shaping of ``--algo hrl``.
+
+    >>> {k: float(v) for k, v in init_scalar_shaping().items()}
+    {'w_dist': 1.0}
+    """
+    return {"w_dist": torch.ones((), dtype=dtype, device=device)}
+
+
+def scalar_shaping(phi: Mapping[str, torch.Tensor], ag_next: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``R_φ(s, a, s', g) = w_d · (-||ag(s') - g||)``: one learned weight on `fixed_shaping`, shape
+    ``ag_next.shape[:-1]``, differentiable in ``phi["w_dist"]``.
+
+    >>> scalar_shaping({"w_dist": torch.tensor(0.5)}, torch.tensor([[3.0, 4.0]]), torch.zeros(1, 2)).tolist()
+    [-2.5]
+    """
+    if ag_next.shape != g.shape:
+        raise ValueError(f"g: expected shape {tuple(ag_next.shape)} like ag_next, got {tuple(g.shape)}")
+    return phi["w_dist"] * fixed_shaping(ag_next, g)
+
+
+def extrinsic_weight(phi: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
+    """``β``, the weight of ``r_ext`` in the subpolicies' reward ``β r_ext + R_φ``: ``phi["beta"]`` (learned
+    with φ) when φ has it, else the constant 1 (`init_scalar_shaping` learns ``w_dist`` alone)."""
+    return phi["beta"] if "beta" in phi else 1.0
 
 
 def init_free_shaping(

@@ -329,13 +329,19 @@ def _success_rate(env, policy) -> float:
 @pytest.mark.parametrize("cls", CLASSES)
 def test_random_policy_rarely_succeeds_and_waypoint_follower_always_does(cls, one_thread):
     n = 10_000
-    env = cls(num_envs=n, autoreset_mode="same_step")
+    # compile=False: 10k envs would be compiled by compile="auto" (seconds cold), which this test is not about
+    env = cls(num_envs=n, autoreset_mode="same_step", compile=False)
     gen = torch.Generator().manual_seed(0)
     random_rate = _success_rate(env, lambda obs: torch.rand(n, 2, generator=gen) * 2 - 1)
     scripted_rate = _success_rate(env, _waypoint_follower(env, _distance_tables(env)))
     # The follower also copes with random starts and goals anywhere, off-centre by up to 0.25.
     hard = cls(
-        num_envs=n, autoreset_mode="same_step", random_start=True, random_goal=True, position_noise=0.25
+        num_envs=n,
+        autoreset_mode="same_step",
+        random_start=True,
+        random_goal=True,
+        position_noise=0.25,
+        compile=False,
     )
     hard_rate = _success_rate(hard, _waypoint_follower(hard, _distance_tables(hard)))
     print(

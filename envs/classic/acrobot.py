@@ -16,12 +16,14 @@ The state row is ``(theta1, theta2, dtheta1, dtheta2)``; the observation is
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.render import Canvas, rotate
 
 
 def wrap(x: torch.Tensor, m: float, big_m: float) -> torch.Tensor:
@@ -50,7 +52,8 @@ class AcrobotEnv(TorchVectorEnv):
         book_or_nips: ``"book"`` (default, Gymnasium's) or ``"nips"`` equations of motion.
         torque_noise_max: uniform torque noise ``U(-n, n)`` added to each action (0 by default, as
             in Gymnasium; drawn from the env's counter-based stream, not NumPy's).
-        max_episode_steps, device, dtype, autoreset_mode, validate, compile: see `TorchVectorEnv`.
+        max_episode_steps, device, dtype, autoreset_mode, validate, compile, render_mode: see
+            `TorchVectorEnv`.
 
     >>> env = AcrobotEnv(num_envs=4)
     >>> obs, info = env.reset(seed=0)
@@ -58,6 +61,7 @@ class AcrobotEnv(TorchVectorEnv):
     torch.Size([4, 6])
     """
 
+    metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 15}
     dt = 0.2
     LINK_LENGTH_1 = 1.0
     LINK_LENGTH_2 = 1.0
@@ -79,7 +83,8 @@ class AcrobotEnv(TorchVectorEnv):
         dtype: torch.dtype = torch.float32,
         autoreset_mode: str | object = "next_step",
         validate: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
+        render_mode: str | None = None,
         book_or_nips: str = "book",
         torque_noise_max: float = 0.0,
     ):
@@ -101,6 +106,7 @@ class AcrobotEnv(TorchVectorEnv):
             autoreset_mode=autoreset_mode,
             validate=validate,
             compile=compile,
+            render_mode=render_mode,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
@@ -156,3 +162,26 @@ class AcrobotEnv(TorchVectorEnv):
         return torch.stack(
             (torch.cos(theta1), torch.sin(theta1), torch.cos(theta2), torch.sin(theta2), dtheta1, dtheta2), -1
         )
+
+    def _render_frame(self, env_index: int, v: dict[str, np.ndarray]) -> np.ndarray:
+        """Gymnasium's Acrobot picture (500 x 500): both links from ``theta1``, ``theta2``."""
+        s = v["state"]
+        dim = 500
+        bound = self.LINK_LENGTH_1 + self.LINK_LENGTH_2 + 0.2
+        scale, offset = dim / (bound * 2), dim / 2
+        canvas = Canvas(dim, dim, y_up=True)
+        p1 = (self.LINK_LENGTH_1 * math.sin(s[0]) * scale, -self.LINK_LENGTH_1 * math.cos(s[0]) * scale)
+        thetas = (s[0] - math.pi / 2, s[0] + s[1] - math.pi / 2)
+        lengths = (self.LINK_LENGTH_1 * scale, self.LINK_LENGTH_2 * scale)
+        ground = 1 * scale + offset
+        canvas.line((-2.2 * scale + offset, ground), (2.2 * scale + offset, ground), (0, 0, 0))
+        for (x, y), th, llen in zip(((0.0, 0.0), p1), thetas, lengths, strict=True):
+            x, y = x + offset, y + offset
+            l, r, t, b = 0, llen, 0.1 * scale, -0.1 * scale
+            canvas.polygon(rotate([(l, b), (l, t), (r, t), (r, b)], th, x, y), (0, 204, 204))
+            canvas.circle(int(x), int(y), int(0.1 * scale), (204, 204, 0))
+        return canvas.image
+
+    def _vars_from_obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        """``theta1``, ``theta2`` from their cosines and sines (the velocities are observed)."""
+        return {"state": np.array([math.atan2(obs[1], obs[0]), math.atan2(obs[3], obs[2]), obs[4], obs[5]])}

@@ -8,12 +8,14 @@ control problems", with Florian's (2007) corrected equations, exactly as Gymnasi
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.render import Canvas, rotate
 
 
 class CartPoleEnv(TorchVectorEnv):
@@ -32,6 +34,7 @@ class CartPoleEnv(TorchVectorEnv):
     torch.Size([8, 4])
     """
 
+    metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 50}
     gravity = 9.8
     masscart = 1.0
     masspole = 0.1
@@ -53,7 +56,8 @@ class CartPoleEnv(TorchVectorEnv):
         dtype: torch.dtype = torch.float32,
         autoreset_mode: str | object = "next_step",
         validate: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
+        render_mode: str | None = None,
         sutton_barto_reward: bool = False,
         kinematics_integrator: str = "euler",
     ):
@@ -78,6 +82,7 @@ class CartPoleEnv(TorchVectorEnv):
             autoreset_mode=autoreset_mode,
             validate=validate,
             compile=compile,
+            render_mode=render_mode,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
@@ -114,3 +119,25 @@ class CartPoleEnv(TorchVectorEnv):
 
     def _observe(self, vars):
         return vars["state"].clone()
+
+    def _render_frame(self, env_index: int, v: dict[str, np.ndarray]) -> np.ndarray:
+        """Gymnasium's CartPole picture (600 x 400): cart at ``x * 125 + 300`` px, pole at ``theta``."""
+        x = v["state"]
+        width, height = 600, 400
+        scale = width / (self.x_threshold * 2)
+        polewidth, polelen = 10.0, scale * (2 * self.length)
+        cartwidth, cartheight = 50.0, 30.0
+        canvas = Canvas(width, height, y_up=True)
+        cartx, carty = x[0] * scale + width / 2.0, 100.0  # middle of the cart; top of the cart
+        axleoffset = cartheight / 4.0
+        half_w, half_h = cartwidth / 2, cartheight / 2
+        canvas.rect(cartx - half_w, carty - half_h, cartx + half_w, carty + half_h, (0, 0, 0))
+        l, r, t, b = -polewidth / 2, polewidth / 2, polelen - polewidth / 2, -polewidth / 2
+        pole = rotate([(l, b), (l, t), (r, t), (r, b)], -x[2], cartx, carty + axleoffset)
+        canvas.polygon(pole, (202, 152, 101))
+        canvas.circle(cartx, carty + axleoffset, polewidth / 2, (129, 132, 203))
+        canvas.line((0, carty + 0.5), (width, carty + 0.5), (0, 0, 0))  # the track (pygame's row 100)
+        return canvas.image
+
+    def _vars_from_obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        return {"state": obs}

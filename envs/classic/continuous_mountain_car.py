@@ -15,10 +15,13 @@ Gymnasium's storage, float64 mode keeps the extra precision (no rounding to floa
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import torch
 
+from envs.classic.mountain_car import draw_mountain_car
 from envs.core import Draw, TorchVectorEnv
 
 
@@ -34,7 +37,8 @@ class MountainCarContinuousEnv(TorchVectorEnv):
     Args:
         num_envs: batch size.
         goal_velocity: the velocity the car must also reach at the goal (Gymnasium's option).
-        max_episode_steps, device, dtype, autoreset_mode, validate, compile: see `TorchVectorEnv`.
+        max_episode_steps, device, dtype, autoreset_mode, validate, compile, render_mode: see
+            `TorchVectorEnv`.
 
     >>> env = MountainCarContinuousEnv(num_envs=4)
     >>> obs, info = env.reset(seed=0)
@@ -43,6 +47,7 @@ class MountainCarContinuousEnv(TorchVectorEnv):
     torch.Size([4])
     """
 
+    metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 30}
     min_action = -1.0
     max_action = 1.0
     min_position = -1.2
@@ -62,7 +67,8 @@ class MountainCarContinuousEnv(TorchVectorEnv):
         dtype: torch.dtype = torch.float32,
         autoreset_mode: str | object = "next_step",
         validate: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
+        render_mode: str | None = None,
         goal_velocity: float = 0.0,
     ):
         self.goal_velocity = float(goal_velocity)
@@ -79,6 +85,7 @@ class MountainCarContinuousEnv(TorchVectorEnv):
             autoreset_mode=autoreset_mode,
             validate=validate,
             compile=compile,
+            render_mode=render_mode,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
@@ -99,3 +106,11 @@ class MountainCarContinuousEnv(TorchVectorEnv):
 
     def _observe(self, vars):
         return vars["state"].clone()
+
+    def _render_frame(self, env_index: int, v: dict[str, np.ndarray]) -> np.ndarray:
+        """Gymnasium's MountainCar picture (600 x 400): hill, car at ``position``, flag at the goal."""
+        pos = float(v["state"][0])
+        return draw_mountain_car(pos, self.min_position, self.max_position, self.goal_position)
+
+    def _vars_from_obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        return {"state": obs}

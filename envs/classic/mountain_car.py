@@ -11,11 +11,15 @@ terminated when ``p' >= 0.5 and v' >= goal_velocity``; reward -1 every step.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.render import Canvas, rotate
 
 
 class MountainCarEnv(TorchVectorEnv):
@@ -28,7 +32,8 @@ class MountainCarEnv(TorchVectorEnv):
     Args:
         num_envs: batch size.
         goal_velocity: the velocity the car must also reach at the goal (Gymnasium's option).
-        max_episode_steps, device, dtype, autoreset_mode, validate, compile: see `TorchVectorEnv`.
+        max_episode_steps, device, dtype, autoreset_mode, validate, compile, render_mode: see
+            `TorchVectorEnv`.
 
     >>> env = MountainCarEnv(num_envs=4)
     >>> obs, info = env.reset(seed=0)
@@ -36,6 +41,7 @@ class MountainCarEnv(TorchVectorEnv):
     torch.Size([4, 2])
     """
 
+    metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 30}
     min_position = -1.2
     max_position = 0.6
     max_speed = 0.07
@@ -53,7 +59,8 @@ class MountainCarEnv(TorchVectorEnv):
         dtype: torch.dtype = torch.float32,
         autoreset_mode: str | object = "next_step",
         validate: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
+        render_mode: str | None = None,
         goal_velocity: float = 0.0,
     ):
         self.goal_velocity = float(goal_velocity)
@@ -70,6 +77,7 @@ class MountainCarEnv(TorchVectorEnv):
             autoreset_mode=autoreset_mode,
             validate=validate,
             compile=compile,
+            render_mode=render_mode,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
@@ -91,3 +99,37 @@ class MountainCarEnv(TorchVectorEnv):
 
     def _observe(self, vars):
         return vars["state"].clone()
+
+    def _render_frame(self, env_index: int, v: dict[str, np.ndarray]) -> np.ndarray:
+        """Gymnasium's MountainCar picture (600 x 400): hill, car at ``position``, flag at the goal."""
+        pos = float(v["state"][0])
+        return draw_mountain_car(pos, self.min_position, self.max_position, self.goal_position)
+
+    def _vars_from_obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        return {"state": obs}
+
+
+def _height(xs: np.ndarray | float) -> np.ndarray | float:
+    return np.sin(3 * np.asarray(xs)) * 0.45 + 0.55
+
+
+def draw_mountain_car(
+    pos: float, min_position: float, max_position: float, goal_position: float
+) -> np.ndarray:
+    """Gymnasium's MountainCar drawing (shared with MountainCarContinuous), without pygame."""
+    width, height = 600, 400
+    scale = width / (max_position - min_position)
+    carwidth, carheight, clearance = 40, 20, 10
+    canvas = Canvas(width, height, y_up=True)
+    xs = np.linspace(min_position, max_position, 100)
+    canvas.polyline(np.stack([(xs - min_position) * scale, _height(xs) * scale], -1), (0, 0, 0))
+    l, r, t, b = -carwidth / 2, carwidth / 2, carheight, 0
+    angle, cx, cy = math.cos(3 * pos), (pos - min_position) * scale, clearance + _height(pos) * scale
+    canvas.polygon(rotate([(l, b), (l, t), (r, t), (r, b)], angle, cx, cy), (0, 0, 0))
+    for wheel in rotate([(carwidth / 4, 0), (-carwidth / 4, 0)], angle, cx, cy):
+        canvas.circle(int(wheel[0]), int(wheel[1]), int(carheight / 2.5), (128, 128, 128))
+    flagx, flagy1 = int((goal_position - min_position) * scale), int(_height(goal_position) * scale)
+    flagy2 = flagy1 + 50
+    canvas.line((flagx + 0.5, flagy1 + 0.5), (flagx + 0.5, flagy2 + 0.5), (0, 0, 0))
+    canvas.polygon([(flagx, flagy2), (flagx, flagy2 - 10), (flagx + 25, flagy2 - 5)], (204, 204, 0))
+    return canvas.image

@@ -14,12 +14,14 @@ theta_dot)``. The task never terminates; it is truncated at ``max_episode_steps`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.render import Canvas, rotate
 
 
 def angle_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -37,7 +39,8 @@ class PendulumEnv(TorchVectorEnv):
     Args:
         num_envs: batch size.
         g: gravitational acceleration (Gymnasium's option, default 10.0).
-        max_episode_steps, device, dtype, autoreset_mode, validate, compile: see `TorchVectorEnv`.
+        max_episode_steps, device, dtype, autoreset_mode, validate, compile, render_mode: see
+            `TorchVectorEnv`.
 
     >>> env = PendulumEnv(num_envs=4, g=9.81)
     >>> obs, info = env.reset(seed=0)
@@ -45,6 +48,7 @@ class PendulumEnv(TorchVectorEnv):
     torch.Size([4, 3])
     """
 
+    metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 30}
     max_speed = 8.0
     max_torque = 2.0
     dt = 0.05
@@ -62,7 +66,8 @@ class PendulumEnv(TorchVectorEnv):
         dtype: torch.dtype = torch.float32,
         autoreset_mode: str | object = "next_step",
         validate: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
+        render_mode: str | None = None,
         g: float = 10.0,
     ):
         self.g = float(g)
@@ -78,6 +83,7 @@ class PendulumEnv(TorchVectorEnv):
             autoreset_mode=autoreset_mode,
             validate=validate,
             compile=compile,
+            render_mode=render_mode,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
@@ -101,3 +107,24 @@ class PendulumEnv(TorchVectorEnv):
     def _observe(self, vars):
         th, thdot = vars["state"].unbind(-1)
         return torch.stack((torch.cos(th), torch.sin(th), thdot), -1)
+
+    def _render_frame(self, env_index: int, v: dict[str, np.ndarray]) -> np.ndarray:
+        """Gymnasium's Pendulum picture (500 x 500) without its torque arrow: the rod at ``theta``
+        (0 = upright)."""
+        theta = float(v["state"][0])
+        dim = 500
+        scale, offset = dim / (2.2 * 2), dim // 2
+        rod_length, rod_width = 1 * scale, 0.2 * scale
+        canvas = Canvas(dim, dim, y_up=True)
+        l, r, t, b = 0, rod_length, rod_width / 2, -rod_width / 2
+        rod = rotate([(l, b), (l, t), (r, t), (r, b)], theta + math.pi / 2, offset, offset)
+        canvas.polygon(rod, (204, 77, 77))
+        canvas.circle(offset, offset, int(rod_width / 2), (204, 77, 77))
+        end = rotate([(rod_length, 0)], theta + math.pi / 2, offset, offset)[0]
+        canvas.circle(int(end[0]), int(end[1]), int(rod_width / 2), (204, 77, 77))
+        canvas.circle(offset, offset, int(0.05 * scale), (0, 0, 0))
+        return canvas.image
+
+    def _vars_from_obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        """``theta`` from its cosine and sine."""
+        return {"state": np.array([math.atan2(obs[1], obs[0]), obs[2]])}

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.render import AGENT_COLOR, GOAL_COLOR, SUBGOAL_COLOR, SUBGOAL_RADIUS, GoalRenderMixin, draw_walls
 from envs.tasks.maze_layouts import GoalRewardMixin
 
 FOUR_ROOMS_LAYOUT = """\
@@ -62,7 +63,7 @@ def room_of(cell: tuple[int, int]) -> int:
     return -1
 
 
-class FourRoomsEnv(GoalRewardMixin, TorchVectorEnv):
+class FourRoomsEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
     """Batched four-rooms goal task (``hrl_nested/FourRooms-v0``).
 
     Observation (a ``Dict``, Gymnasium-Robotics' goal-env convention): ``observation`` and
@@ -81,7 +82,7 @@ class FourRoomsEnv(GoalRewardMixin, TorchVectorEnv):
         goal: the fixed goal cell (row, col), in a room (not a hallway).
         random_goal: draw the goal uniformly from the 100 room cells each episode instead.
         slip_prob: probability that a move goes in one of the other three directions instead.
-        device, dtype, autoreset_mode, validate, compile: see `TorchVectorEnv`.
+        device, dtype, autoreset_mode, validate, compile, render_mode: see `TorchVectorEnv`.
 
     >>> env = FourRoomsEnv(num_envs=2)
     >>> obs, _ = env.reset(seed=0)
@@ -89,7 +90,7 @@ class FourRoomsEnv(GoalRewardMixin, TorchVectorEnv):
     [11.0, 11.0]
     """
 
-    metadata: dict[str, Any] = {**TorchVectorEnv.metadata}
+    metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 10}
     neutral_action = None  # every action moves
 
     def __init__(
@@ -104,7 +105,8 @@ class FourRoomsEnv(GoalRewardMixin, TorchVectorEnv):
         dtype: torch.dtype = torch.float32,
         autoreset_mode: str | object = "next_step",
         validate: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
+        render_mode: str | None = None,
     ):
         free = four_rooms_free()
         try:
@@ -155,6 +157,7 @@ class FourRoomsEnv(GoalRewardMixin, TorchVectorEnv):
             autoreset_mode=autoreset_mode,
             validate=validate,
             compile=compile,
+            render_mode=render_mode,
         )
 
     # ---------------------------------------------------------------- hooks
@@ -200,3 +203,29 @@ class FourRoomsEnv(GoalRewardMixin, TorchVectorEnv):
 
     def _reward_from_distance(self, dist: torch.Tensor) -> torch.Tensor:
         return self._success_from_distance(dist).to(dist.dtype)
+
+    # ---------------------------------------------------------------- rendering
+    render_cell_px = 32
+    """Pixels per grid cell in ``rgb_array`` frames (cell ``(row, col)`` covers rows
+    ``[32 row, 32 (row + 1))`` and columns ``[32 col, 32 (col + 1))``)."""
+
+    def _render_frame(self, env_index: int, v: dict[str, np.ndarray]) -> np.ndarray:
+        """The grid from above: walls, the goal cell, the subgoal of `set_render_goals` (a point in the
+        normalized ``(row, col) / 12`` goal space, if any) and the agent."""
+        px = self.render_cell_px
+        canvas = draw_walls(~four_rooms_free(), px)
+        (gr, gc), (ar, ac) = v["goal"], v["state"]
+        canvas.rect(gc * px + 2, gr * px + 2, (gc + 1) * px - 2, (gr + 1) * px - 2, GOAL_COLOR)
+        subgoal = self._render_goal(env_index)
+        if subgoal is not None:
+            row, col = subgoal * (SIZE - 1)
+            canvas.circle((col + 0.5) * px, (row + 0.5) * px, SUBGOAL_RADIUS * px, SUBGOAL_COLOR)
+        canvas.circle((ac + 0.5) * px, (ar + 0.5) * px, 0.35 * px, AGENT_COLOR)
+        return canvas.image
+
+    def _vars_from_obs(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Cells from the normalized ``(row, col) / 12`` observation."""
+        return {
+            "state": np.rint(obs["observation"] * (SIZE - 1)),
+            "goal": np.rint(obs["desired_goal"] * (SIZE - 1)),
+        }

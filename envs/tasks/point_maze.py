@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.render import AGENT_COLOR, GOAL_COLOR, SUBGOAL_COLOR, SUBGOAL_RADIUS, GoalRenderMixin, draw_walls
 from envs.tasks.maze_layouts import (
     LARGE_MAZE_TASK,
     MEDIUM_MAZE_TASK,
@@ -93,7 +94,7 @@ def _check_options(
         raise ValueError(f"reward_type: expected 'sparse' or 'dense', got {reward_type!r}")
 
 
-class PointMazeEnv(GoalRewardMixin, TorchVectorEnv):
+class PointMazeEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
     """Batched PointMaze (``hrl_nested/PointMaze-U-v0``; medium and large via subclasses).
 
     Observation (a ``Dict``, Gymnasium-Robotics' goal-env convention): ``observation`` =
@@ -122,7 +123,7 @@ class PointMazeEnv(GoalRewardMixin, TorchVectorEnv):
         agent_radius: half-width of the agent's square, in ``[0, 0.5)``.
         success_radius: distance to the goal that counts as reaching it.
         reward_type: ``"sparse"`` or ``"dense"``.
-        device, dtype, autoreset_mode, validate, compile: see `TorchVectorEnv`.
+        device, dtype, autoreset_mode, validate, compile, render_mode: see `TorchVectorEnv`.
 
     >>> env = PointMazeEnv(num_envs=4)
     >>> obs, _ = env.reset(seed=0)
@@ -130,7 +131,7 @@ class PointMazeEnv(GoalRewardMixin, TorchVectorEnv):
     ([-1.0, -1.0], [-1.0, 1.0])
     """
 
-    metadata: dict[str, Any] = {**TorchVectorEnv.metadata}
+    metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 10}
     neutral_action = 0.0  # no acceleration
 
     def __init__(
@@ -152,7 +153,8 @@ class PointMazeEnv(GoalRewardMixin, TorchVectorEnv):
         dtype: torch.dtype = torch.float32,
         autoreset_mode: str | object = "next_step",
         validate: bool = True,
-        compile: bool = False,
+        compile: bool | str = "auto",
+        render_mode: str | None = None,
     ):
         maze = parse_maze_map(maze_map)
         _check_options(dt, max_accel, max_speed, agent_radius, position_noise, success_radius, reward_type)
@@ -190,6 +192,7 @@ class PointMazeEnv(GoalRewardMixin, TorchVectorEnv):
             autoreset_mode=autoreset_mode,
             validate=validate,
             compile=compile,
+            render_mode=render_mode,
         )
 
     def _build_tables(
@@ -296,6 +299,28 @@ class PointMazeEnv(GoalRewardMixin, TorchVectorEnv):
 
     def _success_from_distance(self, dist: torch.Tensor) -> torch.Tensor:
         return dist <= self.success_radius
+
+    # ---------------------------------------------------------------- rendering
+    render_cell_px = 64
+    """Pixels per maze cell in ``rgb_array`` frames (cell ``(i, j)`` covers rows ``[64 i, 64 (i + 1))``
+    and columns ``[64 j, 64 (j + 1))``)."""
+
+    def _render_frame(self, env_index: int, v: dict[str, np.ndarray]) -> np.ndarray:
+        """The maze from above: walls, the goal's success disc, the subgoal of `set_render_goals` (if
+        any) and the agent, at ``render_cell_px`` pixels per cell."""
+        h, w = self.maze.shape
+        px = self.render_cell_px
+        canvas = draw_walls(self.maze.wall, px)
+        to_px = lambda p: ((p[0] + w / 2) * px, (h / 2 - p[1]) * px)  # noqa: E731 (world x, y -> pixels)
+        canvas.circle(*to_px(v["goal"]), self.success_radius * px, GOAL_COLOR)
+        subgoal = self._render_goal(env_index)
+        if subgoal is not None:
+            canvas.circle(*to_px(subgoal), SUBGOAL_RADIUS * px, SUBGOAL_COLOR)
+        canvas.circle(*to_px(v["state"][:2]), max(self.agent_radius, 0.15) * px, AGENT_COLOR)
+        return canvas.image
+
+    def _vars_from_obs(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"state": obs["observation"], "goal": obs["desired_goal"]}
 
 
 class PointMazeMediumEnv(PointMazeEnv):

@@ -31,6 +31,8 @@ ALGORITHMS: dict[str, str] = {
     "nested-hrl": "hrl_nested.algos.nested_hrl",
     "hrl": "hrl_nested.algos.hrl",
     "lirpg": "hrl_nested.algos.lirpg",
+    "sb3-ppo": "hrl_nested.algos.sb3_ppo",  # Stable-Baselines3 baselines (SB3 imported when run)
+    "sb3-sac": "hrl_nested.algos.sb3_sac",
 }
 
 
@@ -141,6 +143,9 @@ class Task:
     """``cpu``, ``cuda``, ``cuda:1``, ... or ``auto`` (CUDA when available)."""
     eval_episodes: int = 20
     """Episodes per evaluation (deterministic policy, run in parallel, one per eval env)."""
+    capture_video: bool = False
+    """Record eval env 0's episode of every evaluation to ``RUN_DIR/videos/eval-<env_steps>.mp4`` (and W&B
+    as ``eval/video``); nested HRL draws the manager's subgoals (`hrl_nested.video`)."""
 
     state_shaping_fields: ClassVar[tuple[str, ...]] = ("env", "num_envs")
     """Fields a resumed run may not change: they shape the checkpointed env state and batch."""

@@ -58,10 +58,12 @@ from hrl_nested.hierarchy import Hierarchy, goal_bounds
 from hrl_nested.hypergrad import NonFiniteHypergradWarning, hypergrad, make_hvp, run_inner
 from hrl_nested.nested_objective import clip_by_global_norm, grad_cosine, make_inner_outer
 from hrl_nested.rollout import CAPTURE_MODES, make_rollout
-from hrl_nested.shaping import init_free_shaping, init_goal_shaping, phi_summary
+from hrl_nested.shaping import init_free_shaping, init_goal_shaping, init_scalar_shaping, phi_summary
 from hrl_nested.tracking import Run, checkpoint_fits, require_keys, reset_for_resume, set_rng_state
+from hrl_nested.video import VideoCapture, eval_env_kwargs
 
 HYPERGRADS = ("unrolled", "truncated", "cg", "neumann", "es")
+SHAPINGS = ("goal", "scalar")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,9 +256,15 @@ class MetaFields:
 class NestedHRLConfig(MetaFields, ManagerConfig):
     """Nested HRL: manager + subpolicies + learned shaping φ (defaults sized for a 2-core CPU)."""
 
+    shaping: Literal["goal", "scalar"] = "goal"
+    """What φ is: ``goal`` (a potential MLP plus the distance and bonus weights, `hrl_nested.shaping.
+    goal_shaping`) or ``scalar`` (one learned weight on `--algo hrl`'s fixed distance shaping,
+    `hrl_nested.shaping.scalar_shaping`: the control for what a learned shaping function adds)."""
+
     state_shaping_fields: ClassVar[tuple[str, ...]] = (
         *ManagerConfig.state_shaping_fields,
         *MetaFields.meta_shaping_fields,
+        "shaping",
     )
     """Fields a resumed run may not change (they shape the checkpointed tensors)."""
 
@@ -266,6 +274,7 @@ class NestedHRLConfig(MetaFields, ManagerConfig):
         self._validate_common(sec, task)
         self._validate_manager(sec)
         self._validate_meta(sec)
+        check(self.shaping in SHAPINGS, "shaping", f"one of {', '.join(SHAPINGS)}", self.shaping, **sec)
 
 
 Config = NestedHRLConfig
@@ -273,14 +282,15 @@ Config = NestedHRLConfig
 
 def train(task: Task, cfg: NestedHRLConfig, run: Run | None = None) -> dict[str, Any]:
     """Train nested HRL on ``task``; log through ``run``; return the summary (see `run_nested`)."""
-    return run_nested(task, cfg, run, algo="nested-hrl", manager=True, shaping="goal")
+    return run_nested(task, cfg, run, algo="nested-hrl", manager=True, shaping=cfg.shaping)
 
 
 def run_nested(
     task: Task, cfg: Any, run: Run | None, *, algo: str, manager: bool, shaping: str
 ) -> dict[str, Any]:
-    """The nested loop shared by ``nested-hrl`` (manager, learned goal shaping), ``hrl`` (manager, fixed
-    shaping: φ never updated) and ``lirpg`` (no manager, learned free-form intrinsic reward).
+    """The nested loop shared by ``nested-hrl`` (manager, learned goal shaping, or with ``shaping="scalar"``
+    one learned weight on the fixed shaping), ``hrl`` (manager, fixed shaping: φ never updated) and
+    ``lirpg`` (no manager, learned free-form intrinsic reward).
 
     Returns:
         The summary: ``env_steps``, ``iterations``, ``eval_return_mean`` (``eval_success_rate`` on goal
@@ -296,7 +306,8 @@ def run_nested(
 
     # ---- setup: envs, networks, φ, optimizers, rollout
     env = _make_env(task.env, task.num_envs, device)
-    eval_env = _make_env(task.env, task.eval_episodes, device)
+    eval_env = _make_env(task.env, task.eval_episodes, device, **eval_env_kwargs(task))
+    videos = VideoCapture.for_run(task, run)  # None unless --capture-video
     h = _hierarchy(env, cfg, manager, device)
     inner_opt = clip_by_global_norm(optim.adam(cfg.sub_lr, eps=1e-5, eps_root=1e-16), cfg.max_grad_norm)
     phi = _init_phi(h, cfg, shaping, device)
@@ -407,7 +418,9 @@ def run_nested(
         last = iteration + 1 == num_iterations
         if last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0):
             t_eval = time.perf_counter()
-            last_eval = parts.evaluate(h, learner.theta, eval_env, seed=task.seed + 7919 * (iteration + 1))
+            video = None if videos is None else videos.clip(env_steps)
+            seed = task.seed + 7919 * (iteration + 1)
+            last_eval = parts.evaluate(h, learner.theta, eval_env, seed=seed, video=video)
             host.update(last_eval, eval_s=time.perf_counter() - t_eval)
         run.log(host)
         if run.checkpoint_due() or last:
@@ -478,6 +491,8 @@ def _hierarchy(env, cfg, manager: bool, device) -> Hierarchy:
 def _init_phi(h: Hierarchy, cfg, shaping: str, device) -> dict[str, torch.Tensor]:
     if shaping == "goal":
         phi = init_goal_shaping(h.goal_dim, cfg.phi_hidden, device=device)
+    elif shaping == "scalar":  # one weight, beta fixed at 1 (only w_dist / beta matters, see shaping.py)
+        phi = init_scalar_shaping(device=device)
     elif shaping == "free":
         in_dim = 2 * h.sub_in + h.act_dim
         phi = init_free_shaping(in_dim, cfg.phi_hidden, device=device)

@@ -20,7 +20,15 @@ from hrl_nested.optim import AdamState, SGDState
 from hrl_nested.ppo_objective import ppo_objective
 from hrl_nested.returns import gae
 from hrl_nested.segments import SMDPTransitions, segment_ends, smdp_gae, smdp_transitions
-from hrl_nested.shaping import fixed_shaping, free_shaping, goal_shaping, potential
+from hrl_nested.shaping import (
+    extrinsic_weight,
+    fixed_shaping,
+    free_shaping,
+    goal_shaping,
+    potential,
+    scalar_shaping,
+)
+from hrl_nested.video import EpisodeClip
 
 
 class Prepared(NamedTuple):
@@ -39,16 +47,19 @@ class Prepared(NamedTuple):
 
 def reward_fn_for(kind: str, gamma: float):
     """``reward_fn(φ, features) -> (T, N)`` for the shaping kind: ``"goal"`` (learned, `goal_shaping`),
-    ``"fixed"`` (HIRO's negative distance, `fixed_shaping`) or ``"free"`` (LIRPG, `free_shaping`)."""
+    ``"scalar"`` (one learned weight on the fixed shaping, `scalar_shaping`), ``"fixed"`` (HIRO's
+    negative distance, `fixed_shaping`) or ``"free"`` (LIRPG, `free_shaping`)."""
     if kind == "goal":
         return lambda phi, f: goal_shaping(
             phi, f["ag"], f["ag_next"], f["goal"], f["reached"], f["terminal"], gamma, f["scale"]
         )
+    if kind == "scalar":
+        return lambda phi, f: scalar_shaping(phi, f["ag_next"], f["goal"])
     if kind == "fixed":
         return lambda phi, f: fixed_shaping(f["ag_next"], f["goal"])
     if kind == "free":
         return lambda phi, f: free_shaping(phi, f["x"])
-    raise ValueError(f"shaping kind: expected 'goal', 'fixed' or 'free', got {kind!r}")
+    raise ValueError(f"shaping kind: expected 'goal', 'scalar', 'fixed' or 'free', got {kind!r}")
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +137,7 @@ def shaped_returns(phi, prep: Prepared, reward_fn, cfg) -> tuple[torch.Tensor, t
     """``(V_w targets (B,), R_φ (T, N))`` with the current φ, detached."""
     with torch.no_grad():
         r_in = reward_fn(phi, prep.sb.features)
-        r_w = phi["beta"] * prep.sb.r_ext + r_in
+        r_w = extrinsic_weight(phi) * prep.sb.r_ext + r_in
         _, ret = gae(
             r_w,
             prep.sb.values,
@@ -206,21 +217,32 @@ def potential_range(phi, prep: Prepared) -> torch.Tensor | None:
 
 
 @torch.inference_mode()
-def evaluate(h: Hierarchy, theta, env, *, seed: int, max_steps: int = 10_000) -> dict[str, float]:
+def evaluate(
+    h: Hierarchy, theta, env, *, seed: int, max_steps: int = 10_000, video: EpisodeClip | None = None
+) -> dict[str, float]:
     """One episode per eval env, deterministic manager and subpolicies; ``eval_return_mean``,
-    ``eval_length_mean`` and, on goal envs, ``eval_success_rate`` (`run_eval_episodes`, as flat PPO)."""
+    ``eval_length_mean`` and, on goal envs, ``eval_success_rate`` (`run_eval_episodes`, as flat PPO).
+    With ``video`` (``--capture-video``) the manager's current subgoals are drawn into its frames."""
     params = h.rollout_params(theta, h.stats())
     step_fn = h.policy_fn(deterministic=True)
 
     def act(obs: Any, carry: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         out = step_fn(params, obs, carry)
         action = out.action
+        if video is not None and h.manager is not None:
+            video.set_goals(env, out.carry["goal"])
         if h.continuous:
             action = torch.maximum(torch.minimum(action, h.act_high), h.act_low)
         return action, out.carry
 
     return run_eval_episodes(
-        env, act, seed=seed, max_steps=max_steps, init_carry=h.initial_carry, reset_carry=h.reset_carry
+        env,
+        act,
+        seed=seed,
+        max_steps=max_steps,
+        init_carry=h.initial_carry,
+        reset_carry=h.reset_carry,
+        video=video,
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -40,6 +40,7 @@ from hrl_nested.algos import (
 )
 from hrl_nested.batch import tree_map
 from hrl_nested.evaluation import run_eval_episodes, step_success
+from hrl_nested.exploration import EXPLORE_MODES, Exploration, end_runs, initial_explore_carry
 from hrl_nested.networks import ActorCritic, actor_critic_apply
 from hrl_nested.obs_norm import ObsNormalizer
 from hrl_nested.ppo_objective import PPOStats, ppo_objective
@@ -53,6 +54,7 @@ from hrl_nested.tracking import (
     reset_for_resume,
     set_rng_state,
 )
+from hrl_nested.video import EpisodeClip, VideoCapture, eval_env_kwargs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +114,17 @@ class PPOConfig:
     capture: str = "auto"
     """Rollout capture (``auto``: a CUDA graph on GPU, eager on CPU and for envs whose state lives in a
     simulator, such as wrapped Gymnasium envs); see `hrl_nested.rollout`."""
+    explore: Literal["none", "ez-greedy", "repeat"] = "none"
+    """Temporally extended exploration (`hrl_nested.exploration`): ``ez-greedy`` (Dabney et al. 2021: with
+    probability ``explore_eps`` take a random action for a zeta-distributed number of steps), ``repeat``
+    (hold the policy's own action that long), or ``none``. Exploratory steps are masked out of the policy
+    loss (their rewards still feed GAE); a run ends with its episode."""
+    explore_eps: float = 0.01
+    """Probability per step that an env not in an exploratory run starts one."""
+    explore_zeta_mu: float = 2.0
+    """``mu > 1`` of the run-length law ``P(n) ∝ n^-mu`` (Dabney et al. 2021 use 2: mean length ~6)."""
+    explore_max_duration: int = 10_000
+    """Truncation of the run-length law (``1 <= n <= this``)."""
 
     state_shaping_fields: ClassVar[tuple[str, ...]] = ("num_steps", "hidden", "norm_obs")
     """Fields a resumed run may not change: the batch shape, the network sizes, obs normalization."""
@@ -137,6 +150,12 @@ class PPOConfig:
                 finite_float(getattr(self, name), name, **sec)
         modes = ", ".join(CAPTURE_MODES)
         check(self.capture in CAPTURE_MODES, "capture", f"one of {modes}", self.capture, **sec)
+        explore_modes = ", ".join(EXPLORE_MODES)
+        check(self.explore in EXPLORE_MODES, "explore", f"one of {explore_modes}", self.explore, **sec)
+        prob = "a probability in [0, 1]"
+        finite_float(self.explore_eps, "explore_eps", low=0.0, high=1.0, what=prob, **sec)
+        finite_float(self.explore_zeta_mu, "explore_zeta_mu", low=1.0, low_open=True, **sec)
+        positive_int(self.explore_max_duration, "explore_max_duration", **sec)
         if task is not None:
             batch_split(task, self.num_steps, self.num_minibatches, **sec)
 
@@ -175,7 +194,8 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
 
     # ---- setup: envs (SAME_STEP, so a batch never holds a dummy reset step), agent, optimizer
     env = _make_env(task.env, task.num_envs, device)
-    eval_env = _make_env(task.env, task.eval_episodes, device)
+    eval_env = _make_env(task.env, task.eval_episodes, device, **eval_env_kwargs(task))
+    videos = VideoCapture.for_run(task, run)  # None unless --capture-video
     agent = ActorCritic(env.single_observation_space, env.single_action_space, hidden=cfg.hidden).to(device)
     fused = device.type in ("cuda", "cpu")  # one kernel for all parameters, not a Python loop over them
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5, fused=fused)
@@ -191,7 +211,14 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
         section="ppo",
     )
     capture = cfg.capture if env_has_state else "none"
-    collect = make_rollout(env, _policy_with_obs_norm(agent, rms), cfg.num_steps, capture=capture)
+    explore = _exploration(cfg, env)
+    collect = make_rollout(
+        env,
+        _policy_with_obs_norm(agent, rms, explore),
+        cfg.num_steps,
+        capture=capture,
+        reset_carry=None if explore is None else end_runs,
+    )
     # The first rollout and update pay for CUDA-graph capture and compilation: timed on their own.
     warmup: dict[str, float] = {}
     rollout = _time_first_call(collect, warmup, "rollout", device)
@@ -202,6 +229,7 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
     num_iterations = max(1, math.ceil(task.total_steps / batch_size))
 
     obs, _ = env.reset(seed=task.seed)
+    carry = None if explore is None else _initial_carry(agent, env.num_envs, device)
     start_iteration, env_steps, last_eval = 0, 0, {}
     resumed: dict[str, Any] = {}
     if run.resume_state is not None:
@@ -211,6 +239,8 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
         resumed["env_state_restored"] = restored_obs is not None
         if restored_obs is not None:
             obs = restored_obs
+            if carry is not None and run.resume_state.get("explore_carry") is not None:
+                carry = {k: v.to(device) for k, v in run.resume_state["explore_carry"].items()}
         else:  # the learner continues; the simulator's episodes start afresh, from a seed of their own
             obs = reset_for_resume(env, task.env, task.seed, start_iteration)
     run.start()  # the run directory changes only now, with the checkpoint (if any) loaded
@@ -224,8 +254,8 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
         # ---- rollout: T steps x N envs, no host sync inside
         params = _rollout_params(agent, rms)
         with torch.no_grad():
-            result = rollout(params, obs, None)
-        batch, obs = result.batch, result.obs
+            result = rollout(params, obs, carry)
+        batch, obs, carry = result.batch, result.obs, result.carry
         env_steps += batch_size
 
         # ---- advantages: V of the true next obs bootstraps truncations, never terminations
@@ -243,17 +273,17 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
             )
         if rms is not None:  # after the batch is normalized with the stats its rollout used
             rms.update(batch.obs)
-        flat = tree_map(
-            lambda t: t.reshape(batch_size, *t.shape[2:]),
-            {
-                "obs": b_obs,
-                "actions": batch.actions,
-                "logprobs": batch.logprobs,
-                "values": batch.values,
-                "advantages": advantages,
-                "returns": returns,
-            },
-        )
+        columns = {
+            "obs": b_obs,
+            "actions": batch.actions,
+            "logprobs": batch.logprobs,
+            "values": batch.values,
+            "advantages": advantages,
+            "returns": returns,
+        }
+        if explore is not None:  # exploratory steps: in GAE and the value loss, not in the policy loss
+            columns["policy_mask"] = ~batch.carry["off_policy"]
+        flat = tree_map(lambda t: t.reshape(batch_size, *t.shape[2:]), columns)
 
         # ---- update: epochs x minibatches of the clipped PPO objective
         stats = torch.zeros(6, device=device)
@@ -274,6 +304,8 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
             "sps": round(batch_size / (time.perf_counter() - t_iter)),
             "lr": optimizer.param_groups[0]["lr"],
         }
+        if explore is not None:
+            row["explore_fraction"] = batch.carry["off_policy"].float().mean().item()
         last = iteration + 1 == num_iterations
         if last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0):
             t_eval = time.perf_counter()
@@ -281,7 +313,12 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
             if cfg.stop_at_return is not None and cfg.eval_max_return is not None:
                 hopeless = (cfg.stop_at_return, cfg.eval_max_return)
             last_eval = evaluate(
-                agent, eval_env, rms, seed=task.seed + 7919 * (iteration + 1), stop_if_below=hopeless
+                agent,
+                eval_env,
+                rms,
+                seed=task.seed + 7919 * (iteration + 1),
+                stop_if_below=hopeless,
+                video=None if videos is None else videos.clip(env_steps),
             )
             row.update(last_eval, eval_s=time.perf_counter() - t_eval)
             eval_time += row["eval_s"]
@@ -290,11 +327,11 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
         if cfg.stop_at_return is not None and row.get("eval_return_mean", -math.inf) >= cfg.stop_at_return:
             solved_at = row
         if run.checkpoint_due() or last or solved_at is not None:
-            run.save_checkpoint(
-                _checkpoint_state(
-                    iteration + 1, env_steps, agent, optimizer, rms, env, obs, collect, last_eval
-                )
+            state = _checkpoint_state(
+                iteration + 1, env_steps, agent, optimizer, rms, env, obs, collect, last_eval
             )
+            has_state = state["obs"] is not None
+            run.save_checkpoint({**state, "explore_carry": carry if has_state else None})
         if solved_at is not None:
             break
 
@@ -364,6 +401,7 @@ def evaluate(
     seed: int,
     max_steps: int = 10_000,
     stop_if_below: tuple[float, float] | None = None,
+    video: EpisodeClip | None = None,
 ) -> dict[str, float]:
     """One episode per eval env with the deterministic policy (the distribution's mode).
 
@@ -400,7 +438,9 @@ def evaluate(
         dist = agent.distribution(out)
         return dist.env_action(dist.mode()), None
 
-    return run_eval_episodes(env, act, seed=seed, max_steps=max_steps, stop_if_below=stop_if_below)
+    return run_eval_episodes(
+        env, act, seed=seed, max_steps=max_steps, stop_if_below=stop_if_below, video=video
+    )
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -450,9 +490,37 @@ def _rollout_params(agent: ActorCritic, rms: ObsNormalizer | None) -> dict[str, 
     return params
 
 
-def _policy_with_obs_norm(agent: ActorCritic, rms: ObsNormalizer | None):
-    """``actor_critic_policy(agent)``, normalizing obs first with the statistics in the params."""
-    policy = actor_critic_policy(agent)
+def _exploration(cfg: PPOConfig, env: Any) -> Exploration | None:
+    """The run's `Exploration` (None for ``explore="none"``); an action space it cannot draw random
+    actions in is a `ConfigError` on ``--ppo.explore``."""
+    if cfg.explore == "none":
+        return None
+    try:
+        return Exploration(
+            cfg.explore,
+            cfg.explore_eps,
+            cfg.explore_zeta_mu,
+            cfg.explore_max_duration,
+            env.single_action_space,
+        )
+    except ValueError as e:
+        raise ConfigError(
+            "explore", "repeat or none for this action space", cfg.explore, section="ppo", note=str(e)
+        ) from None
+
+
+def _initial_carry(agent: ActorCritic, num_envs: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The exploration carry with no run open, its held action shaped and typed like the policy's."""
+    if agent.log_std is None:
+        like = torch.zeros(num_envs, dtype=torch.int64, device=device)
+    else:
+        like = torch.zeros(num_envs, agent.log_std.shape[0], dtype=agent.log_std.dtype, device=device)
+    return initial_explore_carry(num_envs, like)
+
+
+def _policy_with_obs_norm(agent: ActorCritic, rms: ObsNormalizer | None, explore: Exploration | None = None):
+    """``actor_critic_policy(agent, explore)``, normalizing obs first with the statistics in the params."""
+    policy = actor_critic_policy(agent, explore)
     if rms is None:
         return policy
 
@@ -512,10 +580,13 @@ def _restore(state, path, agent, optimizer, rms, env, collect, device) -> tuple[
     return int(state["iteration"]), int(state["env_steps"]), obs, dict(state.get("last_eval") or {})
 
 
-def _make_env(env_id: str, num_envs: int, device: torch.device) -> Any:
-    """A SAME_STEP env for training or evaluation; an env that cannot be made is a `ConfigError` on --env."""
+def _make_env(env_id: str, num_envs: int, device: torch.device, **kwargs: Any) -> Any:
+    """A SAME_STEP env for training or evaluation; an env that cannot be made is a `ConfigError` on --env.
+    ``kwargs`` go to the env (``render_mode`` for ``--capture-video``)."""
     try:
-        return envs.make(env_id, num_envs, device=device, autoreset_mode="same_step", validate=False)
+        return envs.make(
+            env_id, num_envs, device=device, autoreset_mode="same_step", validate=False, **kwargs
+        )
     except Exception as e:  # whatever a user's env constructor raises (TypeError for a non-env class, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(
