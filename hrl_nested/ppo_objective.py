@@ -118,18 +118,22 @@ def ppo_objective(
     if norm_adv:
         adv = normalize_advantages(adv)
     pg_loss = ppo_clip_loss(logp, old_logp, adv, clip_coef)
-    ent = dist.entropy().mean()
-    if v is not None:
-        v_loss = value_loss(v, mb["values"], mb["returns"], clip_coef if clip_vloss else None)
-        # The same order of operations as flat PPO always had: its results stay bit for bit.
-        loss = pg_loss + vf_coef * v_loss + ent_coef * entropy_loss(ent)
-    else:
-        v_loss = torch.zeros((), dtype=pg_loss.dtype, device=pg_loss.device)
-        loss = pg_loss + ent_coef * entropy_loss(ent)
+    loss, v_loss, ent = _total_loss(pg_loss, dist, v, mb, clip_coef, vf_coef, ent_coef, clip_vloss)
     with torch.no_grad():
         kl, clipfrac = approx_kl(logp, old_logp), clip_fraction(logp, old_logp, clip_coef)
         stats = PPOStats(pg_loss.detach(), v_loss.detach(), ent.detach(), kl, clipfrac)
     return loss, stats
+
+
+def _total_loss(pg_loss, dist, v, mb, clip_coef, vf_coef, ent_coef, clip_vloss):
+    """``(pg + c_v L_V - c_e H, L_V, H)``; without a critic (``v`` None) ``L_V = 0`` and no value term."""
+    ent = dist.entropy().mean()
+    if v is not None:
+        v_loss = value_loss(v, mb["values"], mb["returns"], clip_coef if clip_vloss else None)
+        # The same order of operations as flat PPO always had: its results stay bit for bit.
+        return pg_loss + vf_coef * v_loss + ent_coef * entropy_loss(ent), v_loss, ent
+    v_loss = torch.zeros((), dtype=pg_loss.dtype, device=pg_loss.device)
+    return pg_loss + ent_coef * entropy_loss(ent), v_loss, ent
 
 
 def _masked_objective(dist, v, logp, mb, mask, clip_coef, vf_coef, ent_coef, norm_adv, clip_vloss):
@@ -155,13 +159,7 @@ def _masked_objective(dist, v, logp, mb, mask, clip_coef, vf_coef, ent_coef, nor
     ratio = log_ratio.exp()
     surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * adv)
     pg_loss = -torch.where(mask, surr, torch.zeros_like(surr)).sum() / count
-    ent = dist.entropy().mean()
-    if v is not None:
-        v_loss = value_loss(v, mb["values"], mb["returns"], clip_coef if clip_vloss else None)
-        loss = pg_loss + vf_coef * v_loss + ent_coef * entropy_loss(ent)
-    else:
-        v_loss = torch.zeros((), dtype=pg_loss.dtype, device=pg_loss.device)
-        loss = pg_loss + ent_coef * entropy_loss(ent)
+    loss, v_loss, ent = _total_loss(pg_loss, dist, v, mb, clip_coef, vf_coef, ent_coef, clip_vloss)
     with torch.no_grad():
         kl = (((ratio - 1.0) - log_ratio) * m).sum() / count
         clipfrac = (((ratio - 1.0).abs() > clip_coef).to(m.dtype) * m).sum() / count

@@ -448,8 +448,16 @@ def _to_host(stats: torch.Tensor, result: Any) -> dict[str, float]:
     """The update's mean statistics and the finished episodes' means, in one device-to-host copy."""
     episodes = (result.episode_return_sum, result.episode_length_sum, result.episode_count)
     values = torch.cat([stats, torch.stack([x.to(stats.dtype) for x in episodes])]).tolist()
-    names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
-    out = dict(zip(names, values[:6]))
+    return metrics_row(values)
+
+
+STAT_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
+
+
+def metrics_row(values: list[float]) -> dict[str, Any]:
+    """A metrics row from the host values ``[*STAT_NAMES, episode return sum, length sum, count]``: the
+    statistics, ``episodes`` and, when any episode ended, the mean episode return and length."""
+    out = dict(zip(STAT_NAMES, values[:6]))
     ret_sum, len_sum, count = values[6:]
     out["episodes"] = int(count)
     if count > 0:

@@ -49,7 +49,7 @@ from torch.func import stack_module_state, vmap
 from envs.core import TorchVectorEnv
 from envs.fused import resolve_compile
 from hrl_nested.algos import ConfigError, Task, check, positive_int, ppo, resolve_device
-from hrl_nested.algos.ppo import PPOConfig
+from hrl_nested.algos.ppo import PPOConfig, metrics_row
 from hrl_nested.algos.ppo_multiseed_eval import apply_stacked_stats, evaluate_seeds, stacked_stats
 from hrl_nested.batch import tree_map
 from hrl_nested.networks import ActorCritic
@@ -62,8 +62,6 @@ from hrl_nested.stacked import stacked_actor_critic_apply
 from hrl_nested.tracking import Run, choose_run_id
 
 __all__ = ["clip_grad_norm_per_seed", "evaluate_seeds", "seed_run_dir", "seed_runs", "train_seeds"]
-
-_STAT_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
 
 
 def seed_run_dir(run_dir: str | Path, seed: int) -> Path:
@@ -241,7 +239,7 @@ def train_seeds(
             {
                 "iteration": iteration + 1,
                 "env_steps": env_steps,
-                **_host_row(host[k]),
+                **metrics_row(host[k]),
                 "sps": sps,
                 "lr": lr.item(),
             }
@@ -433,16 +431,6 @@ def _episode_stats(batch: Any, ep_ret: torch.Tensor, ep_len: torch.Tensor, K: in
     count = done.sum(0)
     per_seed = torch.stack([ret_sum, len_sum.to(ret_sum.dtype), count.to(ret_sum.dtype)], 1)
     return ep_ret, ep_len, per_seed.reshape(K, -1, 3).sum(1).to(torch.float32)
-
-
-def _host_row(values: list[float]) -> dict[str, Any]:
-    out = dict(zip(_STAT_NAMES, values[:6]))
-    ret_sum, len_sum, count = values[6:]
-    out["episodes"] = int(count)
-    if count > 0:
-        out["episode_return_mean"] = ret_sum / count
-        out["episode_length_mean"] = len_sum / count
-    return out
 
 
 def _grad_fn(template: ActorCritic, cfg: PPOConfig):
