@@ -25,7 +25,6 @@ Observations are always returned contiguous.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -38,6 +37,7 @@ from gymnasium.vector.utils import batch_space
 from envs import rng
 from envs.actions import ActionRule
 from envs.fused import RESET_STREAM, CompiledStep, Obs, _contiguous, _where, fused_step, resolve_compile
+from envs.goal import GoalAccess
 from envs.render import RenderMixin, check_render_mode
 from envs.rng import Draw
 
@@ -59,6 +59,7 @@ class EndedEnvError(ValueError, AssertionError):
     Gymnasium's ``SyncVectorEnv`` asserts (``AssertionError``); this is also a ``ValueError`` (bad input:
     the caller must reset the env first), so either ``except`` catches it.
     """
+
 
 # Attributes assigned after construction that the step itself does not read (the env's own
 # bookkeeping); assigning any other attribute tells a compiled step that the configuration may have
@@ -188,33 +189,6 @@ def check_seed(seed: Any, num_envs: int) -> int | list[int] | None:
     return [int(s) for s in seeds]
 
 
-class GoalAccess:
-    """``goal_space`` / ``achieved_goal`` from a vector env's ``single_observation_space``.
-
-    Shared by `TorchVectorEnv` and the Gymnasium adapter: goal envs (a ``Dict`` observation with
-    ``achieved_goal``, Gymnasium-Robotics style) expose that entry; any other env gets the identity.
-    """
-
-    single_observation_space: gym.Space
-
-    @property
-    def goal_space(self) -> gym.Space:
-        """The single-env goal space: ``achieved_goal`` for goal envs, else the observation (identity)."""
-        space = self.single_observation_space
-        if isinstance(space, gym.spaces.Dict) and "achieved_goal" in space.spaces:
-            return space["achieved_goal"]
-        return space
-
-    def achieved_goal(self, obs: Any) -> torch.Tensor:
-        """``(num_envs, *goal_space.shape)``: ``obs["achieved_goal"]`` for goal envs, else ``obs``."""
-        if isinstance(obs, Mapping):
-            if "achieved_goal" not in obs:
-                raise ValueError(f"achieved_goal: expected a goal observation, got keys {sorted(obs)}")
-            return obs["achieved_goal"]
-        return obs
-
-
-
 def resolve_device(device: str | torch.device) -> torch.device:
     """``device`` with its index filled in (``"cuda"`` -> ``cuda:<current>``), so that comparing it with a
     tensor's ``.device`` (always indexed on CUDA) is an equality test."""
@@ -222,6 +196,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
 
 class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
     """Base class of batched torch environments with Gymnasium vector semantics.

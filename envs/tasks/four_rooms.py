@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.goal import GoalRewardMixin
 from envs.render import AGENT_COLOR, GOAL_COLOR, SUBGOAL_COLOR, SUBGOAL_RADIUS, GoalRenderMixin, draw_walls
-from envs.tasks.maze_layouts import GoalRewardMixin
 
 FOUR_ROOMS_LAYOUT = """\
 xxxxxxxxxxxxx

@@ -1,8 +1,7 @@
 """Maze maps (Gymnasium-Robotics' ``maze_map`` format), their validation, grid BFS, and the goal-env API.
 
 The pieces the grid tasks share: `parse_maze_map`, `bfs_distances` (for validation and scripted
-path-followers) and `GoalRewardMixin` (``compute_reward`` / ``compute_terminated`` /
-``compute_truncated``, used by both FourRooms and PointMaze).
+path-followers); the goal-env API (`GoalRewardMixin`) lives in `envs.goal` and is re-exported here.
 
 A maze map is a list of equal-length rows; each cell is ``1`` (wall), ``0`` (free), ``"r"`` (a free
 cell where episodes may start), ``"g"`` (a free cell where goals may be placed) or ``"c"`` (both).
@@ -25,7 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
+
+from envs.goal import GoalRewardMixin  # noqa: F401 - re-exported: its former home
 
 R, G, C = "r", "g", "c"
 MazeMap = list[list[int | str]]
@@ -216,46 +216,3 @@ def bfs_distances(wall: np.ndarray, target: tuple[int, int]) -> np.ndarray:
                 dist[a, b] = dist[i, j] + 1
                 queue.append((a, b))
     return dist
-
-
-class GoalRewardMixin:
-    """Gymnasium-Robotics' goal-env methods, batched, from a task's distance-to-goal rule.
-
-    A task defines ``_reward_from_distance(dist)`` and ``_success_from_distance(dist)`` on tensors of
-    Euclidean distances between achieved and desired goals; the step reward uses the same functions,
-    so ``compute_reward(obs["achieved_goal"], obs["desired_goal"], info)`` reproduces it (the property
-    hindsight relabelling, Andrychowicz et al. 2017, relies on). Inputs may have any leading shape and
-    be torch tensors (the result is a tensor on their device) or numpy arrays (the result is numpy).
-    """
-
-    def _reward_from_distance(self, dist: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _success_from_distance(self, dist: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def compute_reward(self, achieved_goal: Any, desired_goal: Any, info: Any = None) -> Any:
-        """Rewards ``(...)`` for goals ``(..., G)``: the step reward had ``achieved_goal`` been reached."""
-        return self._apply(self._reward_from_distance, achieved_goal, desired_goal)
-
-    def compute_terminated(self, achieved_goal: Any, desired_goal: Any, info: Any = None) -> Any:
-        """Bools ``(...)``: True where the goal counts as reached (the episode then terminates)."""
-        return self._apply(self._success_from_distance, achieved_goal, desired_goal)
-
-    def compute_truncated(self, achieved_goal: Any, desired_goal: Any, info: Any = None) -> Any:
-        """Bools ``(...)``, all False: truncation comes only from the time limit, never from goals."""
-        return self._apply(lambda d: torch.zeros_like(d, dtype=torch.bool), achieved_goal, desired_goal)
-
-    def _apply(self, fn: Any, achieved_goal: Any, desired_goal: Any) -> Any:
-        as_numpy = not isinstance(achieved_goal, torch.Tensor)
-        ag = torch.as_tensor(np.asarray(achieved_goal)) if as_numpy else achieved_goal
-        dg = torch.as_tensor(np.asarray(desired_goal), device=ag.device) if as_numpy else desired_goal
-        if ag.shape[-1:] != dg.shape[-1:]:
-            raise ValueError(
-                f"compute_reward: achieved_goal {tuple(ag.shape)} and desired_goal {tuple(dg.shape)} "
-                f"must end in the same goal size"
-            )
-        dtype = ag.dtype if ag.is_floating_point() else torch.float64
-        dist = torch.linalg.vector_norm(ag.to(dtype) - dg.to(dtype), dim=-1)
-        out = fn(dist)
-        return out.numpy() if as_numpy else out
