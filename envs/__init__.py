@@ -9,6 +9,7 @@ from envs.array_conversion import numpy_vector_env
 from envs.checker import check_vector_env
 from envs.core import Draw, EnvState, TorchVectorEnv
 from envs.gym_env import GymEnv
+from envs.options import EnvOptions
 from envs.registration import make, register_envs
 
 register_envs()
@@ -25,6 +26,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Draw",
+    "EnvOptions",
     "EnvState",
     "GymEnv",
     "SB3VecEnv",

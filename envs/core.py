@@ -36,14 +36,17 @@ from gymnasium.vector.utils import batch_space
 
 from envs import rng
 from envs.actions import ActionRule
-from envs.fused import RESET_STREAM, CompiledStep, Obs, _contiguous, _where, fused_step, resolve_compile
+from envs.fused import RESET_STREAM, CompiledStep, fused_step, resolve_compile
 from envs.goal import GoalAccess
+from envs.options import EnvOptions, Unpack, resolve_env_options
+from envs.pytree import Obs, contiguous, where_rows
 from envs.render import RenderMixin, check_render_mode
 from envs.rng import Draw
 
 __all__ = [
     "Draw",
     "EndedEnvError",
+    "EnvOptions",
     "EnvState",
     "Obs",
     "TorchVectorEnv",
@@ -204,7 +207,10 @@ class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
     Args:
         num_envs: batch size N.
         single_observation_space, single_action_space: the spaces of one env.
-        max_episode_steps: time limit; reaching it sets ``truncated`` (never ``terminated``).
+        **options: `envs.options.EnvOptions`, the keywords every env takes (a task's constructor
+            passes them on untouched):
+        max_episode_steps: time limit; reaching it sets ``truncated`` (never ``terminated``). Not given:
+            the class's ``default_max_episode_steps``; ``None``: no limit.
         device: any torch device; all tensors in and out live there.
         dtype: float dtype of physics, observations and rewards (float32 or float64).
         autoreset_mode: NEXT_STEP (Gymnasium's default), SAME_STEP, or DISABLED (no autoreset: the user
@@ -239,6 +245,8 @@ class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
             ``render_all()`` one per env; see `envs.render.RenderMixin`).
 
     Attributes:
+        default_max_episode_steps: class attribute, the time limit when ``max_episode_steps`` is not
+            given (``None``: none); each task sets its Gymnasium original's.
         clip_actions: class attribute, ``True`` for tasks whose Gymnasium original accepts out-of-bounds
             ``Box`` actions and clips them itself (Pendulum, MountainCarContinuous): there any finite
             value is a valid action and the task applies Gymnasium's clip; elsewhere out-of-bounds
@@ -251,6 +259,7 @@ class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
 
     # "torch": True is Gymnasium's tag for envs whose arrays are torch tensors (as "jax": True for JAX).
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": [], "torch": True}
+    default_max_episode_steps: int | None = None
     clip_actions: bool = False
     neutral_action: Any = None
 
@@ -260,14 +269,10 @@ class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
         *,
         single_observation_space: gym.Space,
         single_action_space: gym.Space,
-        max_episode_steps: int | None = None,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-        validate: bool = True,
-        compile: bool | str = "auto",
-        render_mode: str | None = None,
+        **options: Unpack[EnvOptions],
     ):
+        opts = type(self).resolve_options(options)
+        max_episode_steps, device, dtype = opts["max_episode_steps"], opts["device"], opts["dtype"]
         if not isinstance(num_envs, int | np.integer) or isinstance(num_envs, bool) or num_envs < 1:
             raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
         if max_episode_steps is not None and (
@@ -280,10 +285,10 @@ class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
         self.device = resolve_device(device)
         self.dtype = dtype
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
-        self.autoreset_mode = parse_autoreset_mode(autoreset_mode, tuple(AutoresetMode))
+        self.autoreset_mode = parse_autoreset_mode(opts["autoreset_mode"], tuple(AutoresetMode))
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode, "torch": True}
-        self.render_mode = check_render_mode(render_mode, self.metadata.get("render_modes", []))
-        self.validate = bool(validate)
+        self.render_mode = check_render_mode(opts["render_mode"], self.metadata.get("render_modes", []))
+        self.validate = bool(opts["validate"])
         self.single_observation_space = single_observation_space
         self.single_action_space = single_action_space
         self.observation_space = batch_space(single_observation_space, self.num_envs)
@@ -301,6 +306,7 @@ class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
         self._vars = {k: _new_buffer(v) for k, v in fresh.items()}
         # A data-dependent skip of the reset draw is free on CPU eager; CUDA and compiled steps stay
         # branch-free so that no host sync happens and a graph can be captured.
+        compile = opts["compile"]
         compile_on = resolve_compile(compile, self.device, self.num_envs)
         self._branch_free = self.device.type != "cpu" or compile_on
         self.compiled = compile_on
@@ -313,6 +319,15 @@ class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
         )
         self._config_version = 0
         self._compiled_step = CompiledStep(self, auto=compile == "auto") if compile_on else None
+
+    @classmethod
+    def resolve_options(cls, options: EnvOptions) -> EnvOptions:
+        """``options`` with every default filled in (``max_episode_steps``: ``default_max_episode_steps``).
+
+        A task reads ``dtype`` or ``device`` from it before ``super().__init__`` (to build its spaces
+        and tables). A key that is not an `EnvOptions` name raises ``TypeError`` naming the expected ones.
+        """
+        return resolve_env_options(options, cls, cls.default_max_episode_steps)
 
     # ---------------------------------------------------------------- subclass hooks
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
@@ -399,11 +414,11 @@ class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
         rows = None if self._branch_free or bool(mask.all()) else mask.nonzero().squeeze(1)
         fresh = self._sample_reset(Draw(self._rng_key, self._rng_counter, RESET_STREAM, self.dtype, rows))
         for k, v in fresh.items():
-            self._vars[k].copy_(_where(mask, v, self._vars[k]))
+            self._vars[k].copy_(where_rows(mask, v, self._vars[k]))
         rng.increment(self._rng_counter, mask.long())
         self._elapsed.masked_fill_(mask, 0)
         self._needs_reset.masked_fill_(mask, False)
-        return _contiguous(self._observe(self._vars)), {}
+        return contiguous(self._observe(self._vars)), {}
 
     def step(
         self, actions: torch.Tensor | np.ndarray

@@ -28,12 +28,11 @@ from typing import Any
 
 import torch
 from gymnasium.vector import AutoresetMode
-from torch.utils import _pytree as pytree
 
-from envs import rng
+from envs import pytree, rng
+from envs.pytree import Obs, contiguous, where_rows
 from envs.rng import Draw
 
-Obs = torch.Tensor | dict[str, torch.Tensor]
 RESET_STREAM, STEP_STREAM = 0, 1
 
 # ``compile="auto"`` compiles on CUDA, and on CPU from this many envs: there an eager step is a few hundred
@@ -58,20 +57,6 @@ def resolve_compile(compile: bool | str, device: torch.device, num_envs: int) ->
     return device.type == "cuda" or (device.type == "cpu" and num_envs >= AUTO_COMPILE_MIN_ENVS_CPU)
 
 
-def _where(mask: torch.Tensor, a: Obs, b: Obs) -> Obs:
-    """``torch.where`` row-wise over a tensor or a dict of tensors (mask has shape ``(N,)``)."""
-    if isinstance(a, Mapping):
-        return {k: _where(mask, a[k], b[k]) for k in a}
-    return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
-
-
-def _contiguous(obs: Obs) -> Obs:
-    """Row-major observations whatever the buffers' layout (``.view`` and friends work on them)."""
-    if isinstance(obs, Mapping):
-        return {k: _contiguous(v) for k, v in obs.items()}
-    return obs.contiguous()
-
-
 _MAX_COLUMNS = 16  # wider (N, D) variables are selected and written as whole tensors
 
 
@@ -80,7 +65,7 @@ def _columnwise(t: torch.Tensor) -> bool:
 
 
 def _select(mask: torch.Tensor, a: Obs, b: Obs, by_column: bool) -> Obs:
-    """`_where`; ``by_column`` selects each column of an ``(N, D)`` tensor separately.
+    """`where_rows`; ``by_column`` selects each column of an ``(N, D)`` tensor separately.
 
     Compiled, per-column 1-D expressions keep the whole step in one vectorized loop over envs
     (inductor otherwise materializes ``(N, D)`` intermediates and loops over them with strides).
@@ -88,7 +73,7 @@ def _select(mask: torch.Tensor, a: Obs, b: Obs, by_column: bool) -> Obs:
     if by_column and not isinstance(a, Mapping) and _columnwise(a):
         cols = [torch.where(mask, x, y) for x, y in zip(a.unbind(-1), b.unbind(-1))]
         return torch.stack(cols, -1)
-    return _where(mask, a, b)
+    return where_rows(mask, a, b)
 
 
 def _write(dst: torch.Tensor, src: torch.Tensor, by_column: bool) -> None:
@@ -177,7 +162,7 @@ def fused_step(
             needs_reset.copy_(done)
     else:
         done = terminated | truncated
-        info["final_obs"] = _contiguous(env._observe(new_v))
+        info["final_obs"] = contiguous(env._observe(new_v))
         info["_final_obs"] = _flag(done, out_u8)
         # Gymnasium's final_info: the info of each ended env's last step; the step itself reports none.
         info["final_info"] = {}
@@ -186,7 +171,7 @@ def fused_step(
             fresh = env._sample_reset(Draw(rng_key, rng_counter, RESET_STREAM, env.dtype, _rows(env, done)))
             new_v = {k: _select(done, fresh[k], new_v[k], cols) for k in new_v}
             elapsed_new = torch.where(done, torch.zeros_like(elapsed_new), elapsed_new)
-    obs = _contiguous(env._observe(new_v))
+    obs = contiguous(env._observe(new_v))
     for k, t in new_v.items():
         _write(vars[k], t, cols)
     elapsed.copy_(elapsed_new)

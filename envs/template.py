@@ -31,10 +31,10 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.options import EnvOptions, Unpack, numpy_dtype
 
 
 class CorridorEnv(TorchVectorEnv):
@@ -53,24 +53,20 @@ class CorridorEnv(TorchVectorEnv):
 
     # Class-level metadata: the base class adds the instance's "autoreset_mode" to it.
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata}
+    # The time limit when max_episode_steps is not given (an explicit None means no limit).
+    default_max_episode_steps = 50
+    # To draw frames (render_mode="rgb_array"): list the mode in metadata["render_modes"] and define
+    # _render_frame(env_index, v) (see envs.render).
     # The task's "do nothing" action (NaN Box actions are replaced by it; see envs.actions). Both
     # actions here move, so there is none; a Box task would give e.g. 0.0 (zero force).
     neutral_action = None
 
     def __init__(
-        self,
-        num_envs: int = 1,
-        *,
-        length: int = 10,
-        slip_prob: float = 0.1,
-        max_episode_steps: int | None = 50,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        autoreset_mode: str | object = "next_step",
-        validate: bool = True,
-        compile: bool | str = "auto",
-        render_mode: str | None = None,
+        self, num_envs: int = 1, *, length: int = 10, slip_prob: float = 0.1, **options: Unpack[EnvOptions]
     ):
+        # 0. The shared options (device, dtype, time limit, ...; envs.options.EnvOptions) with their
+        #    defaults filled in; pass them on to super().__init__ untouched.
+        opts = self.resolve_options(options)
         # 1. Validate options with messages that name them, and store them *before*
         #    super().__init__: the base class calls _sample_reset while it initializes.
         if not (isinstance(length, int) and length >= 2):
@@ -79,18 +75,12 @@ class CorridorEnv(TorchVectorEnv):
             raise ValueError(f"slip_prob: expected a probability in [0, 1], got {slip_prob!r}")
         self.length, self.slip_prob = length, float(slip_prob)
         # 2. Declare the spaces of ONE env; the numpy dtype must match the tensors you return.
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        np_dtype = numpy_dtype(opts["dtype"])
         super().__init__(
             num_envs,
             single_observation_space=gym.spaces.Box(0.0, 1.0, (1,), dtype=np_dtype),
             single_action_space=gym.spaces.Discrete(2),
-            max_episode_steps=max_episode_steps,
-            device=device,
-            dtype=dtype,
-            autoreset_mode=autoreset_mode,
-            validate=validate,
-            compile=compile,
-            render_mode=render_mode,  # frames: declare metadata["render_modes"], define _render_frame
+            **opts,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:

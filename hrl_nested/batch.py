@@ -7,27 +7,8 @@ from typing import Any
 
 import torch
 
-Obs = torch.Tensor | dict[str, torch.Tensor]
-
-
-def _map(fn, x: Any) -> Any:
-    """Apply ``fn`` to every tensor of a pytree of tensors / dicts / tuples (None passes through)."""
-    if x is None:
-        return None
-    if isinstance(x, torch.Tensor):
-        return fn(x)
-    if isinstance(x, dict):
-        return {k: _map(fn, v) for k, v in x.items()}
-    if isinstance(x, tuple) and hasattr(x, "_fields"):
-        return type(x)(*(_map(fn, v) for v in x))
-    if isinstance(x, list | tuple):
-        return type(x)(_map(fn, v) for v in x)
-    if dataclasses.is_dataclass(x):
-        return dataclasses.replace(x, **{f.name: _map(fn, getattr(x, f.name)) for f in dataclasses.fields(x)})
-    raise TypeError(f"expected a pytree of tensors, dicts, tuples or dataclasses, got {type(x).__name__}")
-
-
-tree_map = _map
+# Obs and tree_map live in hrl_nested.pytree; importable from here as before.
+from hrl_nested.pytree import Obs, tree_leaves, tree_map
 
 
 @dataclasses.dataclass
@@ -75,7 +56,7 @@ class Batch:
             if getattr(self, name).dtype != torch.bool:
                 raise ValueError(f"Batch.{name}: expected a bool tensor, got {getattr(self, name).dtype}")
         for name in ("obs", "actions", "next_obs"):
-            for t in _leaves(getattr(self, name)):
+            for t in tree_leaves(getattr(self, name)):
                 if tuple(t.shape[:2]) != tn:
                     raise ValueError(f"Batch.{name}: expected leading dims {tn}, got {tuple(t.shape)}")
 
@@ -102,9 +83,3 @@ class Batch:
         for f in dataclasses.fields(self):
             setattr(out, f.name, tree_map(lambda t: t.reshape(-1, *t.shape[2:]), getattr(self, f.name)))
         return out
-
-
-def _leaves(x: Any) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    tree_map(lambda t: out.append(t) or t, x)
-    return out

@@ -35,7 +35,8 @@ from torch.func import functional_call
 from hrl_nested.distributions import Categorical, DiagGaussian
 from hrl_nested.networks import MLP, encode_leaf, flat_dim, select_member, stack_modules, vmap_apply
 from hrl_nested.obs_norm import ObsNormalizer
-from hrl_nested.rollout import PolicyOutput, where_rows
+from hrl_nested.pytree import where_rows
+from hrl_nested.rollout import PolicyOutput
 from hrl_nested.segments import subgoal_reached
 
 Params = dict[str, torch.Tensor]

@@ -21,10 +21,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from hrl_nested.batch import tree_map
 from hrl_nested.distributions import Categorical, DiagGaussian, Distribution, make_distribution
-
-Obs = torch.Tensor | dict[str, torch.Tensor]
+from hrl_nested.pytree import Obs, tree_map
 
 
 class FastTanh(nn.Tanh):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import gymnasium as gym
 import torch
 
-Obs = torch.Tensor | dict[str, torch.Tensor]
+from hrl_nested.pytree import Obs
 
 
 class RunningMeanStd:

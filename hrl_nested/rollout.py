@@ -32,12 +32,12 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 
 import envs
-from hrl_nested.batch import Batch, tree_map
+from hrl_nested.batch import Batch
 from hrl_nested.distributions import DiagGaussian
 from hrl_nested.exploration import Exploration
 from hrl_nested.networks import actor_critic_apply
+from hrl_nested.pytree import Obs, tree_leaves, tree_map, where_rows
 
-Obs = torch.Tensor | dict[str, torch.Tensor]
 CAPTURE_MODES = ("auto", "none", "static", "cuda_graph")
 
 
@@ -154,22 +154,9 @@ def no_garbage_collection() -> Iterator[None]:
             gc.enable()
 
 
-def where_rows(mask: torch.Tensor, a: Any, b: Any) -> Any:
-    """Row-wise ``torch.where`` over matching pytrees (``mask``: ``(N,)``)."""
-    if isinstance(a, Mapping):
-        return {k: where_rows(mask, a[k], b[k]) for k in a}
-    return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
-
-
-def _leaves(x: Any) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    tree_map(lambda t: out.append(t) or t, x)
-    return out
-
-
 def _copy_tree(dst: Any, src: Any, name: str) -> None:
     """``dst.copy_(src)`` leaf by leaf, with a clear error when structure, shape or dtype changed."""
-    d, s = _leaves(dst), _leaves(src)
+    d, s = tree_leaves(dst), tree_leaves(src)
     if len(d) != len(s):
         raise ValueError(f"{name}: expected the structure of the first call ({len(d)} tensors), got {len(s)}")
     for a, b in zip(d, s):
@@ -370,12 +357,12 @@ class Collector:
         T = self.num_steps
         ep_ret, ep_len = self._ep_ret, self._ep_len
         record, obs, carry, ep_ret, ep_len, sums = self._step_fn(params, obs, carry, ep_ret, ep_len)
-        leaves = _leaves(record)
+        leaves = tree_leaves(record)
         bufs = [torch.empty((T, *x.shape), dtype=x.dtype, device=x.device) for x in leaves]
         for t in range(T):
             if t > 0:
                 record, obs, carry, ep_ret, ep_len, ended = self._step_fn(params, obs, carry, ep_ret, ep_len)
-                leaves = _leaves(record)
+                leaves = tree_leaves(record)
                 sums = tuple(a + b for a, b in zip(sums, ended))
             for buf, x in zip(bufs, leaves):
                 buf[t].copy_(x)

@@ -179,9 +179,7 @@ def goal_shaping(
     return -phi["w_dist"] * dist + phi["w_bonus"] * reached.to(dist.dtype) + pot
 
 
-def init_scalar_shaping(
-    *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
-) -> Params:
+def init_scalar_shaping(*, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Params:
     """φ for `scalar_shaping`: the one weight ``w_dist = 1`` (no ``beta``: `extrinsic_weight` is then 1),
     so training starts exactly at the fixed shaping of ``--algo hrl``.
 

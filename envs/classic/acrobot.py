@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.options import EnvOptions, Unpack, numpy_dtype
 from envs.render import Canvas, rotate
 
 
@@ -52,8 +53,7 @@ class AcrobotEnv(TorchVectorEnv):
         book_or_nips: ``"book"`` (default, Gymnasium's) or ``"nips"`` equations of motion.
         torque_noise_max: uniform torque noise ``U(-n, n)`` added to each action (0 by default, as
             in Gymnasium; drawn from the env's counter-based stream, not NumPy's).
-        max_episode_steps, device, dtype, autoreset_mode, validate, compile, render_mode: see
-            `TorchVectorEnv`.
+        **options: the options every env takes (time limit, device, dtype, ...): `envs.options.EnvOptions`.
 
     >>> env = AcrobotEnv(num_envs=4)
     >>> obs, info = env.reset(seed=0)
@@ -62,6 +62,7 @@ class AcrobotEnv(TorchVectorEnv):
     """
 
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 15}
+    default_max_episode_steps = 500
     dt = 0.2
     LINK_LENGTH_1 = 1.0
     LINK_LENGTH_2 = 1.0
@@ -78,35 +79,24 @@ class AcrobotEnv(TorchVectorEnv):
         self,
         num_envs: int = 1,
         *,
-        max_episode_steps: int | None = 500,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        autoreset_mode: str | object = "next_step",
-        validate: bool = True,
-        compile: bool | str = "auto",
-        render_mode: str | None = None,
         book_or_nips: str = "book",
         torque_noise_max: float = 0.0,
+        **options: Unpack[EnvOptions],
     ):
+        opts = self.resolve_options(options)
         if book_or_nips not in ("book", "nips"):
             raise ValueError(f"book_or_nips: expected 'book' or 'nips', got {book_or_nips!r}")
         if not torque_noise_max >= 0:
             raise ValueError(f"torque_noise_max: expected a non-negative float, got {torque_noise_max!r}")
         self.book_or_nips = book_or_nips
         self.torque_noise_max = float(torque_noise_max)
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        np_dtype = numpy_dtype(opts["dtype"])
         high = np.array([1.0, 1.0, 1.0, 1.0, self.MAX_VEL_1, self.MAX_VEL_2], dtype=np_dtype)
         super().__init__(
             num_envs,
             single_observation_space=gym.spaces.Box(-high, high, dtype=np_dtype),
             single_action_space=gym.spaces.Discrete(3),
-            max_episode_steps=max_episode_steps,
-            device=device,
-            dtype=dtype,
-            autoreset_mode=autoreset_mode,
-            validate=validate,
-            compile=compile,
-            render_mode=render_mode,
+            **opts,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:

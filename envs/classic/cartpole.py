@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.options import EnvOptions, Unpack, numpy_dtype
 from envs.render import Canvas, rotate
 
 
@@ -28,6 +29,12 @@ class CartPoleEnv(TorchVectorEnv):
     asserts an action in ``{0, 1}``; with ``validate=False`` an out-of-range one is clamped into it
     (see `envs.actions`).
 
+    Args:
+        num_envs: batch size.
+        sutton_barto_reward: Gymnasium's option: reward 0 per step and -1 on the failing step.
+        kinematics_integrator: ``"euler"`` (default) or ``"semi-implicit euler"``, as in Gymnasium.
+        **options: the options every env takes (time limit, device, dtype, ...): `envs.options.EnvOptions`.
+
     >>> env = CartPoleEnv(num_envs=8)
     >>> obs, info = env.reset(seed=0)
     >>> obs.shape
@@ -35,6 +42,7 @@ class CartPoleEnv(TorchVectorEnv):
     """
 
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 50}
+    default_max_episode_steps = 500
     gravity = 9.8
     masscart = 1.0
     masspole = 0.1
@@ -51,16 +59,11 @@ class CartPoleEnv(TorchVectorEnv):
         self,
         num_envs: int = 1,
         *,
-        max_episode_steps: int | None = 500,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        autoreset_mode: str | object = "next_step",
-        validate: bool = True,
-        compile: bool | str = "auto",
-        render_mode: str | None = None,
         sutton_barto_reward: bool = False,
         kinematics_integrator: str = "euler",
+        **options: Unpack[EnvOptions],
     ):
+        opts = self.resolve_options(options)
         if kinematics_integrator not in ("euler", "semi-implicit euler"):
             raise ValueError(
                 "kinematics_integrator: expected 'euler' or 'semi-implicit euler', "
@@ -68,7 +71,7 @@ class CartPoleEnv(TorchVectorEnv):
             )
         self.sutton_barto_reward = bool(sutton_barto_reward)
         self.kinematics_integrator = kinematics_integrator
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        np_dtype = numpy_dtype(opts["dtype"])
         high = np.array(
             [self.x_threshold * 2, np.inf, self.theta_threshold_radians * 2, np.inf], dtype=np_dtype
         )
@@ -76,13 +79,7 @@ class CartPoleEnv(TorchVectorEnv):
             num_envs,
             single_observation_space=gym.spaces.Box(-high, high, dtype=np_dtype),
             single_action_space=gym.spaces.Discrete(2),
-            max_episode_steps=max_episode_steps,
-            device=device,
-            dtype=dtype,
-            autoreset_mode=autoreset_mode,
-            validate=validate,
-            compile=compile,
-            render_mode=render_mode,
+            **opts,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ import torch
 
 from envs.classic.mountain_car import draw_mountain_car
 from envs.core import Draw, TorchVectorEnv
+from envs.options import EnvOptions, Unpack, numpy_dtype
 
 
 class MountainCarContinuousEnv(TorchVectorEnv):
@@ -37,8 +38,7 @@ class MountainCarContinuousEnv(TorchVectorEnv):
     Args:
         num_envs: batch size.
         goal_velocity: the velocity the car must also reach at the goal (Gymnasium's option).
-        max_episode_steps, device, dtype, autoreset_mode, validate, compile, render_mode: see
-            `TorchVectorEnv`.
+        **options: the options every env takes (time limit, device, dtype, ...): `envs.options.EnvOptions`.
 
     >>> env = MountainCarContinuousEnv(num_envs=4)
     >>> obs, info = env.reset(seed=0)
@@ -48,6 +48,7 @@ class MountainCarContinuousEnv(TorchVectorEnv):
     """
 
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 30}
+    default_max_episode_steps = 999
     min_action = -1.0
     max_action = 1.0
     min_position = -1.2
@@ -58,34 +59,17 @@ class MountainCarContinuousEnv(TorchVectorEnv):
     clip_actions = True
     neutral_action = 0.0  # no force
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        *,
-        max_episode_steps: int | None = 999,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        autoreset_mode: str | object = "next_step",
-        validate: bool = True,
-        compile: bool | str = "auto",
-        render_mode: str | None = None,
-        goal_velocity: float = 0.0,
-    ):
+    def __init__(self, num_envs: int = 1, *, goal_velocity: float = 0.0, **options: Unpack[EnvOptions]):
+        opts = self.resolve_options(options)
         self.goal_velocity = float(goal_velocity)
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        np_dtype = numpy_dtype(opts["dtype"])
         low = np.array([self.min_position, -self.max_speed], dtype=np_dtype)
         high = np.array([self.max_position, self.max_speed], dtype=np_dtype)
         super().__init__(
             num_envs,
             single_observation_space=gym.spaces.Box(low, high, dtype=np_dtype),
             single_action_space=gym.spaces.Box(self.min_action, self.max_action, (1,), dtype=np_dtype),
-            max_episode_steps=max_episode_steps,
-            device=device,
-            dtype=dtype,
-            autoreset_mode=autoreset_mode,
-            validate=validate,
-            compile=compile,
-            render_mode=render_mode,
+            **opts,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:

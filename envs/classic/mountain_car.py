@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.options import EnvOptions, Unpack, numpy_dtype
 from envs.render import Canvas, rotate
 
 
@@ -32,8 +33,7 @@ class MountainCarEnv(TorchVectorEnv):
     Args:
         num_envs: batch size.
         goal_velocity: the velocity the car must also reach at the goal (Gymnasium's option).
-        max_episode_steps, device, dtype, autoreset_mode, validate, compile, render_mode: see
-            `TorchVectorEnv`.
+        **options: the options every env takes (time limit, device, dtype, ...): `envs.options.EnvOptions`.
 
     >>> env = MountainCarEnv(num_envs=4)
     >>> obs, info = env.reset(seed=0)
@@ -42,6 +42,7 @@ class MountainCarEnv(TorchVectorEnv):
     """
 
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 30}
+    default_max_episode_steps = 200
     min_position = -1.2
     max_position = 0.6
     max_speed = 0.07
@@ -50,34 +51,17 @@ class MountainCarEnv(TorchVectorEnv):
     gravity = 0.0025
     neutral_action = 1  # no push
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        *,
-        max_episode_steps: int | None = 200,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        autoreset_mode: str | object = "next_step",
-        validate: bool = True,
-        compile: bool | str = "auto",
-        render_mode: str | None = None,
-        goal_velocity: float = 0.0,
-    ):
+    def __init__(self, num_envs: int = 1, *, goal_velocity: float = 0.0, **options: Unpack[EnvOptions]):
+        opts = self.resolve_options(options)
         self.goal_velocity = float(goal_velocity)
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        np_dtype = numpy_dtype(opts["dtype"])
         low = np.array([self.min_position, -self.max_speed], dtype=np_dtype)
         high = np.array([self.max_position, self.max_speed], dtype=np_dtype)
         super().__init__(
             num_envs,
             single_observation_space=gym.spaces.Box(low, high, dtype=np_dtype),
             single_action_space=gym.spaces.Discrete(3),
-            max_episode_steps=max_episode_steps,
-            device=device,
-            dtype=dtype,
-            autoreset_mode=autoreset_mode,
-            validate=validate,
-            compile=compile,
-            render_mode=render_mode,
+            **opts,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:

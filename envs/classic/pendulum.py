@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.options import EnvOptions, Unpack, numpy_dtype
 from envs.render import Canvas, rotate
 
 
@@ -39,8 +40,7 @@ class PendulumEnv(TorchVectorEnv):
     Args:
         num_envs: batch size.
         g: gravitational acceleration (Gymnasium's option, default 10.0).
-        max_episode_steps, device, dtype, autoreset_mode, validate, compile, render_mode: see
-            `TorchVectorEnv`.
+        **options: the options every env takes (time limit, device, dtype, ...): `envs.options.EnvOptions`.
 
     >>> env = PendulumEnv(num_envs=4, g=9.81)
     >>> obs, info = env.reset(seed=0)
@@ -49,6 +49,7 @@ class PendulumEnv(TorchVectorEnv):
     """
 
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 30}
+    default_max_episode_steps = 200
     max_speed = 8.0
     max_torque = 2.0
     dt = 0.05
@@ -57,33 +58,16 @@ class PendulumEnv(TorchVectorEnv):
     clip_actions = True
     neutral_action = 0.0  # no torque
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        *,
-        max_episode_steps: int | None = 200,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        autoreset_mode: str | object = "next_step",
-        validate: bool = True,
-        compile: bool | str = "auto",
-        render_mode: str | None = None,
-        g: float = 10.0,
-    ):
+    def __init__(self, num_envs: int = 1, *, g: float = 10.0, **options: Unpack[EnvOptions]):
+        opts = self.resolve_options(options)
         self.g = float(g)
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        np_dtype = numpy_dtype(opts["dtype"])
         high = np.array([1.0, 1.0, self.max_speed], dtype=np_dtype)
         super().__init__(
             num_envs,
             single_observation_space=gym.spaces.Box(-high, high, dtype=np_dtype),
             single_action_space=gym.spaces.Box(-self.max_torque, self.max_torque, (1,), dtype=np_dtype),
-            max_episode_steps=max_episode_steps,
-            device=device,
-            dtype=dtype,
-            autoreset_mode=autoreset_mode,
-            validate=validate,
-            compile=compile,
-            render_mode=render_mode,
+            **opts,
         )
 
     def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:

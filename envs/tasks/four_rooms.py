@@ -23,6 +23,7 @@ import torch
 
 from envs.core import Draw, TorchVectorEnv
 from envs.goal import GoalRewardMixin
+from envs.options import EnvOptions, Unpack, numpy_dtype
 from envs.render import AGENT_COLOR, GOAL_COLOR, SUBGOAL_COLOR, SUBGOAL_RADIUS, GoalRenderMixin, draw_walls
 
 FOUR_ROOMS_LAYOUT = """\
@@ -78,11 +79,11 @@ class FourRoomsEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
 
     Args:
         num_envs: batch size.
-        max_episode_steps: time limit (truncation); 100 by default.
         goal: the fixed goal cell (row, col), in a room (not a hallway).
         random_goal: draw the goal uniformly from the 100 room cells each episode instead.
         slip_prob: probability that a move goes in one of the other three directions instead.
-        device, dtype, autoreset_mode, validate, compile, render_mode: see `TorchVectorEnv`.
+        **options: the options every env takes (time limit, device, dtype, ...): `envs.options.EnvOptions`.
+            The time limit is 100 steps unless ``max_episode_steps`` is given.
 
     >>> env = FourRoomsEnv(num_envs=2)
     >>> obs, _ = env.reset(seed=0)
@@ -91,23 +92,19 @@ class FourRoomsEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
     """
 
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 10}
+    default_max_episode_steps = 100
     neutral_action = None  # every action moves
 
     def __init__(
         self,
         num_envs: int = 1,
         *,
-        max_episode_steps: int | None = 100,
         goal: tuple[int, int] = DEFAULT_GOAL,
         random_goal: bool = False,
         slip_prob: float = 0.0,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        autoreset_mode: str | object = "next_step",
-        validate: bool = True,
-        compile: bool | str = "auto",
-        render_mode: str | None = None,
+        **options: Unpack[EnvOptions],
     ):
+        opts = self.resolve_options(options)
         free = four_rooms_free()
         try:
             goal = (int(goal[0]), int(goal[1]))
@@ -119,7 +116,7 @@ class FourRoomsEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
             raise ValueError(f"slip_prob: expected a probability in [0, 1], got {slip_prob!r}")
         self.goal, self.random_goal, self.slip_prob = goal, bool(random_goal), float(slip_prob)
 
-        dev = torch.device(device)
+        dev = torch.device(opts["device"])
         cells = np.argwhere(np.ones((SIZE, SIZE), dtype=bool))  # (169, 2) row-major
         # next_cell[cell * 4 + a]: where action a leads from cell (itself when blocked by a wall).
         nxt = np.empty((SIZE * SIZE, 4), dtype=np.int64)
@@ -143,7 +140,7 @@ class FourRoomsEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
         self._goal_fixed = torch.as_tensor([goal[0] * SIZE + goal[1]], device=dev)
         self._moves = torch.as_tensor(MOVES, device=dev)
 
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        np_dtype = numpy_dtype(opts["dtype"])
         box = gym.spaces.Box(0.0, 1.0, (2,), dtype=np_dtype)
         super().__init__(
             num_envs,
@@ -151,13 +148,7 @@ class FourRoomsEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
                 {"observation": box, "achieved_goal": box, "desired_goal": box}
             ),
             single_action_space=gym.spaces.Discrete(4),
-            max_episode_steps=max_episode_steps,
-            device=device,
-            dtype=dtype,
-            autoreset_mode=autoreset_mode,
-            validate=validate,
-            compile=compile,
-            render_mode=render_mode,
+            **opts,
         )
 
     # ---------------------------------------------------------------- hooks

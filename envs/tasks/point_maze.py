@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from envs.core import Draw, TorchVectorEnv
+from envs.options import EnvOptions, Unpack, numpy_dtype
 from envs.render import AGENT_COLOR, GOAL_COLOR, SUBGOAL_COLOR, SUBGOAL_RADIUS, GoalRenderMixin, draw_walls
 from envs.tasks.maze_layouts import (
     LARGE_MAZE_TASK,
@@ -114,7 +115,6 @@ class PointMazeEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
     Args:
         num_envs: batch size.
         maze_map: the layout (see `envs.tasks.maze_layouts`); malformed maps raise ``ValueError``.
-        max_episode_steps: time limit (truncation).
         random_start, random_goal: draw the start / goal from every free cell each episode.
         position_noise: half-width of the uniform offset from the cell centre (Gymnasium-Robotics
             uses 0.25); below ``0.5 - agent_radius``.
@@ -123,7 +123,8 @@ class PointMazeEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
         agent_radius: half-width of the agent's square, in ``[0, 0.5)``.
         success_radius: distance to the goal that counts as reaching it.
         reward_type: ``"sparse"`` or ``"dense"``.
-        device, dtype, autoreset_mode, validate, compile, render_mode: see `TorchVectorEnv`.
+        **options: the options every env takes (time limit, device, dtype, ...): `envs.options.EnvOptions`.
+            The time limit is ``default_max_episode_steps`` (60 here) unless ``max_episode_steps`` is given.
 
     >>> env = PointMazeEnv(num_envs=4)
     >>> obs, _ = env.reset(seed=0)
@@ -132,6 +133,7 @@ class PointMazeEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
     """
 
     metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 10}
+    default_max_episode_steps = 60
     neutral_action = 0.0  # no acceleration
 
     def __init__(
@@ -139,7 +141,6 @@ class PointMazeEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
         num_envs: int = 1,
         *,
         maze_map: MazeMap = U_MAZE_TASK,
-        max_episode_steps: int | None = 60,
         random_start: bool = False,
         random_goal: bool = False,
         position_noise: float = 0.0,
@@ -149,13 +150,9 @@ class PointMazeEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
         agent_radius: float = 0.1,
         success_radius: float = 0.45,
         reward_type: str = "sparse",
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        autoreset_mode: str | object = "next_step",
-        validate: bool = True,
-        compile: bool | str = "auto",
-        render_mode: str | None = None,
+        **options: Unpack[EnvOptions],
     ):
+        opts = self.resolve_options(options)
         maze = parse_maze_map(maze_map)
         _check_options(dt, max_accel, max_speed, agent_radius, position_noise, success_radius, reward_type)
         self.maze: ParsedMaze = maze
@@ -169,10 +166,10 @@ class PointMazeEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
         self.success_radius = float(success_radius)
         self.reward_type = reward_type
 
-        self._build_tables(reset_cells, goal_cells, dtype, torch.device(device))
+        self._build_tables(reset_cells, goal_cells, opts["dtype"], torch.device(opts["device"]))
 
         h, w = maze.shape
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        np_dtype = numpy_dtype(opts["dtype"])
         pos_high = np.array([w / 2, h / 2], dtype=np_dtype)
         obs_high = np.concatenate([pos_high, np.full(2, self.max_speed, dtype=np_dtype)])
         goal_box = gym.spaces.Box(-pos_high, pos_high, dtype=np_dtype)
@@ -186,13 +183,7 @@ class PointMazeEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
                 }
             ),
             single_action_space=gym.spaces.Box(-1.0, 1.0, (2,), dtype=np_dtype),
-            max_episode_steps=max_episode_steps,
-            device=device,
-            dtype=dtype,
-            autoreset_mode=autoreset_mode,
-            validate=validate,
-            compile=compile,
-            render_mode=render_mode,
+            **opts,
         )
 
     def _build_tables(
@@ -326,26 +317,16 @@ class PointMazeEnv(GoalRenderMixin, GoalRewardMixin, TorchVectorEnv):
 class PointMazeMediumEnv(PointMazeEnv):
     """``hrl_nested/PointMaze-Medium-v0``: `PointMazeEnv` on D4RL's medium maze, corner to corner."""
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        *,
-        maze_map: MazeMap = MEDIUM_MAZE_TASK,
-        max_episode_steps: int | None = 120,
-        **kw,
-    ):
-        super().__init__(num_envs, maze_map=maze_map, max_episode_steps=max_episode_steps, **kw)
+    default_max_episode_steps = 120
+
+    def __init__(self, num_envs: int = 1, *, maze_map: MazeMap = MEDIUM_MAZE_TASK, **kw: Any):
+        super().__init__(num_envs, maze_map=maze_map, **kw)
 
 
 class PointMazeLargeEnv(PointMazeEnv):
     """``hrl_nested/PointMaze-Large-v0``: `PointMazeEnv` on D4RL's large maze, corner to corner."""
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        *,
-        maze_map: MazeMap = LARGE_MAZE_TASK,
-        max_episode_steps: int | None = 160,
-        **kw,
-    ):
-        super().__init__(num_envs, maze_map=maze_map, max_episode_steps=max_episode_steps, **kw)
+    default_max_episode_steps = 160
+
+    def __init__(self, num_envs: int = 1, *, maze_map: MazeMap = LARGE_MAZE_TASK, **kw: Any):
+        super().__init__(num_envs, maze_map=maze_map, **kw)

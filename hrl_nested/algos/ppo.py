@@ -38,12 +38,12 @@ from hrl_nested.algos import (
     positive_int,
     resolve_device,
 )
-from hrl_nested.batch import tree_map
 from hrl_nested.evaluation import run_eval_episodes, step_success
 from hrl_nested.exploration import EXPLORE_MODES, Exploration, end_runs, initial_explore_carry
 from hrl_nested.networks import ActorCritic, actor_critic_apply
 from hrl_nested.obs_norm import ObsNormalizer
 from hrl_nested.ppo_objective import PPOStats, ppo_objective
+from hrl_nested.pytree import tree_map
 from hrl_nested.returns import gae
 from hrl_nested.rollout import CAPTURE_MODES, PolicyOutput, actor_critic_policy, make_rollout
 from hrl_nested.tracking import (

@@ -51,11 +51,11 @@ from envs.fused import resolve_compile
 from hrl_nested.algos import ConfigError, Task, check, positive_int, ppo, resolve_device
 from hrl_nested.algos.ppo import PPOConfig, metrics_row
 from hrl_nested.algos.ppo_multiseed_eval import apply_stacked_stats, evaluate_seeds, stacked_stats
-from hrl_nested.batch import tree_map
 from hrl_nested.networks import ActorCritic
 from hrl_nested.obs_norm import ObsNormalizer
 from hrl_nested.optim import AdamState, adam
 from hrl_nested.ppo_objective import ppo_objective
+from hrl_nested.pytree import tree_map
 from hrl_nested.returns import gae
 from hrl_nested.rollout import PolicyOutput, make_rollout
 from hrl_nested.stacked import stacked_actor_critic_apply

@@ -10,10 +10,10 @@ import torch
 
 from envs.core import TorchVectorEnv
 from hrl_nested.algos.ppo import PPOConfig
-from hrl_nested.batch import tree_map
 from hrl_nested.evaluation import step_success
 from hrl_nested.networks import ActorCritic
 from hrl_nested.obs_norm import ObsNormalizer, normalize
+from hrl_nested.pytree import tree_map
 from hrl_nested.stacked import stacked_actor_critic_apply
 
 __all__ = ["apply_stacked_stats", "evaluate_seeds", "stacked_stats"]

@@ -15,8 +15,9 @@ from torch import Tensor
 from hrl_nested import optim
 from hrl_nested.hypergrad.es import es_hypergrad
 from hrl_nested.hypergrad.implicit import implicit_hypergrad, with_weight_decay
-from hrl_nested.hypergrad.unrolled import InnerProblem, MethodOutput, detach_tree, unrolled_hypergrad
+from hrl_nested.hypergrad.unrolled import InnerProblem, MethodOutput, unrolled_hypergrad
 from hrl_nested.optim import Optimizer, Params
+from hrl_nested.pytree import detach_tree
 
 __all__ = ["METHODS", "HypergradResult", "NonFiniteHypergradError", "NonFiniteHypergradWarning", "hypergrad"]
 

@@ -13,8 +13,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from hrl_nested.hypergrad.unrolled import InnerProblem, MethodOutput, check_scalar, detach_tree, run_inner
+from hrl_nested.hypergrad.unrolled import InnerProblem, MethodOutput, check_scalar, run_inner
 from hrl_nested.optim import Params
+from hrl_nested.pytree import detach_tree
 
 __all__ = ["es_hypergrad", "es_noise"]
 

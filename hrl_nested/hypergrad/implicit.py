@@ -23,11 +23,11 @@ from hrl_nested.hypergrad.unrolled import (
     InnerProblem,
     MethodOutput,
     check_scalar,
-    detach_tree,
     run_inner,
     zeros_for_none,
 )
 from hrl_nested.optim import Params
+from hrl_nested.pytree import detach_tree
 
 __all__ = ["conjugate_gradient", "implicit_hypergrad", "make_hvp", "neumann_series", "with_weight_decay"]
 

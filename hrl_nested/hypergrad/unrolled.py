@@ -13,9 +13,9 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_map_only
 
 from hrl_nested.optim import Optimizer, Params
+from hrl_nested.pytree import detach_tree
 
 __all__ = [
     "InnerProblem",
@@ -59,11 +59,6 @@ class MethodOutput(NamedTuple):
     outer_loss: Tensor
     grads: Params
     info: dict[str, Any]
-
-
-def detach_tree(tree: Any) -> Any:
-    """Detach every tensor of a pytree (dicts, tuples, NamedTuples): the boundary of a graph."""
-    return tree_map_only(Tensor, lambda t: t.detach(), tree)
 
 
 def zeros_for_none(grads: Iterable[Tensor | None], like: Iterable[Tensor]) -> list[Tensor]:
