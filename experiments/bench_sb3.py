@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 import stable_baselines3
 import torch
 import tyro
+from bench_envs import _cpu_name  # a sibling script: experiments/ is on sys.path when run
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
@@ -146,14 +146,6 @@ def main(cfg: BenchConfig) -> list[dict]:
         f"\ntorch threads: {torch.get_num_threads()}; load average {meta['load_average_1min']}; wrote {out}"
     )
     return rows
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

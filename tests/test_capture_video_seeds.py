@@ -3,24 +3,19 @@ records no video, and a flag must never be dropped silently."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from hrl_nested.algos import ConfigError
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("train_video_seeds", REPO / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train.py", "train_video_seeds")
 
 
 def test_capture_video_with_many_seeds_is_a_config_error(train):

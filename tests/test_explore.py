@@ -9,10 +9,7 @@ against the policy step as it was; exact resume; config errors.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -38,6 +35,7 @@ from hrl_nested.networks import ActorCritic, actor_critic_apply, params_of
 from hrl_nested.ppo_objective import ppo_objective
 from hrl_nested.rollout import PolicyOutput, actor_critic_policy, make_rollout
 from hrl_nested.tracking import Run, read_metrics
+from tests._scripts import load_script
 from tests.test_ppo_wiring import assert_gae_wiring, record_calls, record_rollouts
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
@@ -467,10 +465,7 @@ def test_ez_greedy_on_an_unbounded_box_is_a_config_error():
 def test_bad_explore_flags_on_the_command_line_exit_2_naming_the_flag(tmp_path, capsys):
     from tests.test_train_cli_errors import BASE, SCRIPT, _check_message
 
-    spec = importlib.util.spec_from_file_location("train_script_explore", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT.name, "train_script_explore")
     for flags, flag, expected in (
         (["--ppo.explore-eps", "2"], "--ppo.explore-eps", "a probability in [0, 1]"),
         (["--ppo.explore-zeta-mu", "0.5"], "--ppo.explore-zeta-mu", "> 1"),
@@ -488,11 +483,7 @@ def test_bad_explore_flags_on_the_command_line_exit_2_naming_the_flag(tmp_path, 
 
 
 def test_the_results_script_has_both_control_rows_and_reads_them_against_their_baselines():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "nested_results.py"
-    spec = importlib.util.spec_from_file_location("nested_results_controls", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_script("nested_results.py", "nested_results_controls")
     assert module.ALGOS["ppo+explore"] == ["--algo", "ppo", "--ppo.explore", "ez-greedy"]
     flags = module.ALGOS["nested-hrl-scalar"]
     assert flags[:2] == ["--algo", "nested-hrl"] and flags[-2:] == ["--nested-hrl.shaping", "scalar"]

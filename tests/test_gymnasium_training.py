@@ -1,7 +1,6 @@
 """Training on Gymnasium envs end to end: plain ids, Discrete observations, ``module:EnvId``, goal success
 read from Gymnasium-Robotics' info keys, and what ``--resume`` means for an env that lives in a simulator."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from hrl_nested.algos.ppo import _success, evaluate
 from hrl_nested.networks import ActorCritic
 from hrl_nested.rollout import actor_critic_policy, make_rollout
 from hrl_nested.tracking import read_metrics
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--total-steps", "1024", "--num-envs", "8", "--ppo.num-steps", "64", "--eval-episodes", "2",
@@ -25,11 +25,7 @@ REGISTERING_MODULE = "_registers_an_id_on_import"  # tests/_registers_an_id_on_i
 
 
 def _train_main():
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_script"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("train.py", "train_script").main
 
 
 @pytest.fixture(scope="module")

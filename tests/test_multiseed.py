@@ -1,10 +1,8 @@
 """``--num-seeds K``: K PPO seeds in one process match K single-seed runs (hrl_nested.algos.ppo_multiseed)."""
 
 import dataclasses
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -17,6 +15,7 @@ from hrl_nested.algos.ppo import PPOConfig
 from hrl_nested.networks import ActorCritic
 from hrl_nested.obs_norm import ObsNormalizer
 from hrl_nested.tracking import Run
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 FIRST, K, N, T = 3, 3, 32, 16
@@ -33,13 +32,7 @@ PARAM_ATOL = 5e-6
 
 def _train_module():
     """``experiments/train.py`` as a module, loaded once (its dataclasses need it in ``sys.modules``)."""
-    name = "multiseed_train_script"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("train.py", "multiseed_train_script", reuse=True)
 
 
 def _metrics(run_dir: Path) -> list[dict]:

@@ -5,9 +5,7 @@ success rate) are what the config and the env say."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from hrl_nested.algos import Task, nested_hrl
 from hrl_nested.algos import nested_parts as parts
 from hrl_nested.hierarchy import Hierarchy, goal_bounds
 from hrl_nested.rollout import make_rollout
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -139,12 +138,7 @@ def test_neumann_alpha_is_checked_once_when_check_every_is_zero(monkeypatch):
 
 @pytest.fixture(scope="module")
 def main():
-    spec = importlib.util.spec_from_file_location(
-        "train_script_nested_mgr", REPO / "experiments" / "train.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_script_nested_mgr"] = module
-    spec.loader.exec_module(module)
+    module = load_script("train.py", "train_script_nested_mgr")
     return module.main
 
 

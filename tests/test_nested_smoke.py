@@ -3,13 +3,13 @@ CartPole and a Gymnasium goal env; resume with the carry; named config errors.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_ENV = "tests._nested_goal_env:TinyGoalEnv"  # a plain gym.Env goal env, wrapped by the adapter
@@ -26,11 +26,7 @@ def _algo_flags(algo: str, **extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def main():
-    spec = importlib.util.spec_from_file_location("train_script_nested", REPO / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_script_nested"] = module
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("train.py", "train_script_nested").main
 
 
 @pytest.fixture(autouse=True)

@@ -7,26 +7,21 @@ read back from plot.py's helpers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.stats
 
+from tests._scripts import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 REPS = ["--reps", "300"]
 
 
 def _load(name: str, file: str):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script(file, name, reuse=True)
 
 
 @pytest.fixture(scope="module")

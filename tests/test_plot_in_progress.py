@@ -3,25 +3,19 @@ not evaluated yet is left out as unfinished, never an error that stops the whole
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def plot():
-    name = "hrl_nested_plot"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / "plot.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("plot.py", "hrl_nested_plot", reuse=True)
 
 
 def _run(root: Path, seed: int, evals: list[tuple[int, float]], *, finished: bool) -> Path:

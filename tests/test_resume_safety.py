@@ -5,8 +5,6 @@ and exit code 2 before anything is written; a checkpoint that does not fit, or l
 `CheckpointError` naming the file, raised before ``config.json`` or ``metrics.jsonl`` are touched.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import torch
 from hrl_nested.algos import Task
 from hrl_nested.algos.ppo import PPOConfig, train
 from hrl_nested.tracking import CheckpointError, Run, load_checkpoint, save_checkpoint
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--total-steps", "1024", "--num-envs", "32", "--ppo.num-steps", "16", "--eval-episodes", "2",
@@ -23,11 +22,7 @@ TINY = ["--total-steps", "1024", "--num-envs", "32", "--ppo.num-steps", "16", "-
 
 @pytest.fixture(scope="module")
 def main():
-    spec = importlib.util.spec_from_file_location("train_script_resume", REPO / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("train.py", "train_script_resume").main
 
 
 @pytest.fixture(autouse=True)

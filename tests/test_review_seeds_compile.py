@@ -4,8 +4,6 @@ compile, never a silent fallback inside a CUDA graph capture)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,18 +13,13 @@ import envs
 import envs.fused
 from envs.fused import fused_step
 from hrl_nested.algos import ppo_multiseed
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _train_module():
-    name = "review_seeds_train_script"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("train.py", "review_seeds_train_script", reuse=True)
 
 
 def test_seed_runs_under_wandb_agent_get_distinct_ids(monkeypatch):

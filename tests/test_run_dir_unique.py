@@ -2,7 +2,6 @@
 never share or overwrite one, and a run started under an agent is named after the agent's run id."""
 
 import datetime as _datetime
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from hrl_nested import tracking
 from hrl_nested.tracking import Run, RunDirError, default_run_dir
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--total-steps", "512", "--num-envs", "16", "--ppo.num-steps", "32", "--eval-episodes", "2",
@@ -33,12 +33,8 @@ def frozen_clock(monkeypatch):
 
 @pytest.fixture
 def train_main():
-    spec = importlib.util.spec_from_file_location("train_script_run_dir", REPO / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module.main
-    sys.modules.pop(spec.name, None)
+    yield load_script("train.py", "train_script_run_dir").main
+    sys.modules.pop("train_script_run_dir", None)
 
 
 def test_default_dirs_in_the_same_second_differ(frozen_clock, monkeypatch, tmp_path):

@@ -27,6 +27,7 @@ from hrl_nested.shaping import (
     scalar_shaping,
 )
 from hrl_nested.tracking import Run
+from tests._scripts import load_script
 
 D = torch.float64
 
@@ -147,15 +148,10 @@ def test_bad_shaping_value_names_what_was_expected():
 
 
 def test_a_bad_shaping_flag_exits_2_naming_the_choices(tmp_path, capsys):
-    import importlib.util
-    import sys
 
     from tests.test_train_cli_errors import SCRIPT
 
-    spec = importlib.util.spec_from_file_location("train_script_shaping", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT.name, "train_script_shaping")
     argv = ["--algo", "nested-hrl", "--nested-hrl.shaping", "mlp", "--run-dir", str(tmp_path / "run")]
     with pytest.raises(SystemExit) as exc:
         module.main([*argv, "--wandb-mode", "disabled"])

@@ -3,24 +3,19 @@ parses like ``--ppo.hidden=[32, 16]``; ordinary ``--ppo.hidden 32 16`` is left a
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from hrl_nested.tracking import normalize_agent_args
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("train_no_equals", REPO / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train.py", "train_no_equals")
 
 
 @pytest.mark.parametrize("value", ["[32, 16]", "(32, 16)", "[32,16]"])

@@ -2,7 +2,6 @@
 ``--key=value`` forms ``wandb agent`` writes, and one sampled point runs offline as the agent would run it
 (the argv built by W&B's own agent code, the agent's run id, no ``--run-dir``)."""
 
-import importlib.util
 import json
 import math
 import random
@@ -14,6 +13,7 @@ import wandb
 import yaml
 
 from hrl_nested.tracking import SweepArgError, config_flags, normalize_agent_args
+from tests._scripts import load_script
 
 sweep_utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
 
@@ -24,12 +24,8 @@ DISTRIBUTIONS = {"uniform", "int_uniform", "log_uniform_values", "q_uniform", "c
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("train_script_sweeps", REPO / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script("train.py", "train_script_sweeps")
+    sys.modules.pop("train_script_sweeps", None)
 
 
 def _load(path: Path) -> dict:

@@ -1,7 +1,6 @@
 """Bad flags to experiments/train.py: a message naming the flag as typed, what was expected and what came,
 exit code 2, no traceback, and no file written (so a retry with the same --run-dir works)."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import torch
 
 from hrl_nested.algos import ConfigError, Task
 from hrl_nested.algos.ppo import PPOConfig, train
+from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "train.py"
@@ -69,11 +69,7 @@ def test_bad_flag_via_subprocess(tmp_path, flags, flag, expected):
 
 @pytest.fixture(scope="module")
 def main():
-    spec = importlib.util.spec_from_file_location("train_script_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script(SCRIPT.name, "train_script_cli").main
 
 
 @pytest.mark.parametrize("flags, flag, expected", BAD, ids=IDS)

@@ -7,7 +7,6 @@ the agent's ``WANDB_RUN_ID`` names the run; with no API key, ``online`` falls ba
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import struct
@@ -21,6 +20,7 @@ import torch
 import wandb
 
 from hrl_nested.tracking import Run, WandbLogger, read_metrics, resolve_wandb_mode
+from tests._scripts import load_script
 
 wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
 
@@ -73,10 +73,7 @@ def offline_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wandb_full")
     home = tmp / "home"
     home.mkdir()
-    spec = importlib.util.spec_from_file_location("train_wandb_full", REPO / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_script("train.py", "train_wandb_full")
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
         for var in ("WANDB_API_KEY", "NETRC", "WANDB_BASE_URL", "WANDB_MODE", "WANDB_SWEEP_PARAM_PATH"):
@@ -89,7 +86,7 @@ def offline_run(tmp_path_factory):
         mp.chdir(tmp)
         wandb.teardown()  # a fresh W&B process state: earlier tests' settings must not leak in
         summary = module.main(TINY)  # no --run-dir: the default directory, as under `wandb agent`
-    sys.modules.pop(spec.name, None)
+    sys.modules.pop("train_wandb_full", None)
     (run_dir,) = (tmp / "runs").iterdir()
     offline = list((tmp / "wandb_dir" / "wandb").glob(f"offline-run-*-{RUN_ID}"))
     assert len(offline) == 1, list((tmp / "wandb_dir").rglob("*"))
