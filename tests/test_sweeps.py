@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import wandb
 import yaml
 
 from hrl_nested.tracking import SweepArgError, config_flags, normalize_agent_args
 from tests._scripts import load_script
 
+wandb = pytest.importorskip("wandb")  # a dev dependency; absent on the bare GPU machine
 sweep_utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
 
 REPO = Path(__file__).resolve().parents[1]
