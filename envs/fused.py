@@ -20,10 +20,12 @@ one inductor kernel and calls that kernel directly:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -41,6 +43,24 @@ RESET_STREAM, STEP_STREAM = 0, 1
 AUTO_COMPILE_MIN_ENVS_CPU = 4096
 _log = logging.getLogger("envs")
 _notice_given = False
+_uncompiled = threading.local()  # `uncompiled_steps`'s flag, per thread
+
+
+@contextlib.contextmanager
+def uncompiled_steps() -> Iterator[None]:
+    """Inside the block a compiled env step runs `fused_step` eagerly (the same branch-free step, uncompiled)
+    instead of compiling on its first call.
+
+    For a caller that needs one step's output shapes before compiling a larger function that inlines the
+    env step (`hrl_nested.rollout.make_rollout` with ``compile_step``): it probes the step eagerly and
+    rewinds, and must not pay for a separate compile of the env step that it will never call.
+    """
+    was = getattr(_uncompiled, "on", False)
+    _uncompiled.on = True
+    try:
+        yield
+    finally:
+        _uncompiled.on = was
 
 
 def resolve_compile(compile: bool | str, device: torch.device, num_envs: int) -> bool:
@@ -246,8 +266,9 @@ class CompiledStep:
         env = self.env
         buffers = (env._vars, env._elapsed, env._needs_reset, env._rng_key, env._rng_counter)
         compiling = torch.compiler.is_compiling()
-        if compiling or self.failed is not None:
-            # Inside a caller's torch.compile: let it inline the step. After a failed auto compile: eager.
+        if compiling or self.failed is not None or getattr(_uncompiled, "on", False):
+            # Inside a caller's torch.compile: let it inline the step. After a failed auto compile, or in
+            # `uncompiled_steps`: eager.
             return fused_step(env, actions, *buffers, inline=compiling)
         key = (
             env._config_version,

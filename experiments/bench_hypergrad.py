@@ -42,6 +42,7 @@ import torch
 import tyro
 
 from hrl_nested import optim
+from hrl_nested.graph_memory import graph_bytes
 from hrl_nested.hypergrad import hypergrad
 
 Params = dict[str, torch.Tensor]
@@ -113,25 +114,6 @@ def make_problem(cfg: Config, device: torch.device):
         return ((mlp(p, x_val) - y_val) ** 2).mean()
 
     return inner, outer, params, hparams
-
-
-def graph_bytes(tensors) -> int:
-    """Bytes of the tensors saved in the autograd graph behind ``tensors`` (storages counted once)."""
-    seen, storages = set(), {}
-    stack = [t.grad_fn for t in tensors if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        for name in dir(node):
-            if name.startswith("_saved_"):
-                value = getattr(node, name)
-                for t in value if isinstance(value, (tuple, list)) else [value]:
-                    if isinstance(t, torch.Tensor):
-                        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        stack.extend(fn for fn, _ in node.next_functions)
-    return sum(storages.values())
 
 
 def _proc_status_kb(field: str) -> int:

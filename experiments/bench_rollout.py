@@ -26,6 +26,28 @@ draw (the same distribution: gymnax takes a uniform action with probability 4/9,
 three other moves with probability 1/3); gymnax's step computes a reset for every env at every step
 and selects, ours resets only the envs that ended.
 
+Kernels per step. A CUDA-graph replay pays per kernel, so every row of ours also reports, from one
+profiled rollout, ``per step``: compiled-region calls / kernel-launching aten ops run outside any compiled
+region (views and allocations not counted; per-call work divided by T) and, on CUDA, the device kernels the
+profiler saw (``--no-kernel-proxy`` skips it). Measured before/after the fused compiled step (issue 11
+part 3) on this 2-core CPU with the torch profiler (inductor's ``cpp.enable_kernel_profile`` to see its
+kernels), CartPole, 64 envs, T=32, ``capture="static"`` (the CUDA-graph path's static-buffer loop, on CPU),
+in kernels a step = inductor kernels + aten ops (extern matmuls included) + eager ops between steps:
+`KERNEL_PROXY_CPU` (written to the JSON's meta).
+
+- Before, ``ours compiled`` ran one compiled region per step, but the 9 copies of the step's record into
+  the T-step buffers and the 3 adds of the episode sums ran eagerly between steps: 13.4 (random) and
+  23.8 (mlp) kernels a step, 11-12 of them outside the region. ``ours default`` on CUDA (the env's step
+  compiled, the policy and the bookkeeping eager) was 30.4 and 45.8.
+- After, `hrl_nested.rollout.make_rollout` with ``compile_step`` runs each step as ONE compiled call
+  that also writes its buffer row and per-env episode sums (summed once per rollout): 2.7 (random: one
+  fused kernel + ``aten.rand``, 0.7 of per-call copies) and 13.0 (mlp: 6 matmuls + 5 fused kernels +
+  ``aten.rand``); no graph break, no recompile, 0.06 eager ops a step at T=128. ``compile_step="auto"``
+  (the default) compiles wherever the rollout is captured as a CUDA graph, so on CUDA ``ours default``
+  is the compiled path. On CPU the default stays eager: inductor's vectorized ``tanh`` is about 5x
+  slower than eager's on this CPU, so the compiled MLP rollout is slower there (0.21 vs 0.34 M steps/s
+  at 4096 envs, load average 7), while the random-policy one is faster (1.71 vs 1.44, 1.36x gymnax).
+
 gymnax rows need the optional ``bench`` extra (``pip install -e ".[bench]"``: jax, gymnax); without
 it they say so. Prints a table and writes JSON: to ``experiments/results/bench_rollout_<device>.json``
 only when every setting is the default (``--device`` aside), else to ``--out`` or a temp file, so
@@ -74,6 +96,24 @@ TASKS = {  # name -> (our id, fallback entry point, our constructor options, gym
     ),
 }
 PATHS = ("ours default", "ours eager", "ours compiled", "gymnax")  # one table row each
+# The kernels-per-step proxy measured before and after the fused compiled step (module docstring).
+KERNEL_PROXY_CPU = {
+    "setting": "CartPole, 64 envs, T=32, capture='static', 2-core CPU, torch 2.13, torch profiler",
+    "unit": "kernels a step = inductor kernels + aten ops in compiled regions + eager aten ops between steps",
+    "before": {
+        "default_random": 30.4,
+        "default_mlp": 45.8,
+        "compiled_random": 13.4,
+        "compiled_mlp": 23.8,
+        "eager_ops_between_steps_compiled": {"random": 11.4, "mlp": 11.8},
+    },
+    "after": {
+        "compiled_random": 2.7,
+        "compiled_mlp": 13.0,
+        "eager_ops_between_steps_compiled": {"random": 0.7, "mlp": 1.0},
+        "note": "per-call copies and clones only (0.06 a step at T=128); on CUDA the default is this path",
+    },
+}
 OFF = {"skipped": "off"}
 
 
@@ -97,6 +137,9 @@ class Config:
     """disable inductor's on-disk caches, so the compile time reported is a cold one."""
     gymnax: bool = True
     """compare against gymnax when jax and gymnax import."""
+    kernel_proxy: bool = True
+    """profile one rollout per "ours" row and report the kernels-per-step proxy (compiled regions and eager
+    ops per step; on CUDA the device kernels per step)."""
     threads: int = 1
     """CPU threads for torch and XLA: 1 (both single-threaded: a fair comparison that a busy machine
     disturbs least) or 0 (each library's default)."""
@@ -162,7 +205,9 @@ def prepare_ours(task: str, policy: str, num_envs: int, cfg: Config, compiled: b
     else:
         n_actions = int(env.single_action_space.n)
         policy_fn, params = random_policy(n_actions), {"_device": torch.zeros(1, device=cfg.device)}
-    collect = make_rollout(env, policy_fn, cfg.steps, compile_step=bool(compiled))
+    # "ours default": make_rollout's own default (compile_step="auto": compiled where captured, on CUDA).
+    kw = {} if compiled is None else {"compile_step": compiled}
+    collect = make_rollout(env, policy_fn, cfg.steps, **kw)
     obs, _ = env.reset(seed=0)
     sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
     t0 = time.perf_counter()
@@ -174,7 +219,61 @@ def prepare_ours(task: str, policy: str, num_envs: int, cfg: Config, compiled: b
         state["res"] = collect(params, state["res"].obs)
         sync()
 
-    return Runner(run, first_s, {"note": note} if note else {})
+    info = {"note": note} if note else {}
+    info["rollout_compiled"] = collect.compiled
+    if cfg.kernel_proxy:
+        info.update(kernels_per_step(run, cfg.steps, cfg.device))
+    return Runner(run, first_s, info)
+
+
+# Views and allocations launch no kernel; every other aten op outside a compiled region launches one.
+_NO_KERNEL = frozenset(
+    "empty empty_strided as_strided view _unsafe_view alias detach t transpose unsqueeze squeeze select "
+    "slice expand permute reshape _reshape_alias unbind lift_fresh resize_ result_type empty_like view_as "
+    "expand_as contiguous".split()
+)
+
+
+def kernels_per_step(run: Callable[[], None], steps: int, device: str) -> dict:
+    """The kernels-per-step proxy of one profiled rollout (see the module docstring).
+
+    ``regions_per_step``: calls of a ``torch.compile``-d region; ``eager_ops_per_step``: aten ops that
+    launch a kernel and run outside any compiled region (top-level ops only, views and allocations not
+    counted; per-call work such as the copies into static buffers is included, divided by T). On CUDA
+    also ``cuda_kernels_per_step``: the device kernels the profiler saw (those of a CUDA-graph replay
+    included, where CUPTI reports them).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(ProfilerActivity.CUDA)
+    try:
+        with profile(activities=activities) as prof:
+            run()
+        events = list(prof.events())
+    except Exception as e:  # noqa: BLE001 - a profiler problem must not cost the timings
+        return {"kernel_proxy_error": f"{type(e).__name__}: {str(e)[:80]}"}
+    regions = eager = kernels = 0
+    for e in events:
+        name = e.name
+        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA:
+            kernels += 1
+            continue
+        if name.startswith("Torch-Compiled Region"):
+            regions += 1
+            continue
+        if not name.startswith("aten::") or name[6:] in _NO_KERNEL:
+            continue
+        p, nested = e.cpu_parent, False
+        while p is not None and not nested:
+            nested = p.name.startswith(("aten::", "Torch-Compiled Region"))
+            p = p.cpu_parent
+        eager += not nested
+    out = {"regions_per_step": regions / steps, "eager_ops_per_step": eager / steps}
+    if device.startswith("cuda"):
+        out["cuda_kernels_per_step"] = kernels / steps
+    return out
 
 
 def measure(runners: dict, num_envs: int, cfg: Config) -> dict[str, dict]:
@@ -301,6 +400,16 @@ def prepare_gymnax(task: str, policy: str, num_envs: int, cfg: Config) -> Runner
     return Runner(run, first_s, info)
 
 
+def fmt_proxy(r: dict) -> str:
+    """``regions / eager ops [/ CUDA kernels]`` per step, or ``-``."""
+    if "regions_per_step" not in r:
+        return "-"
+    cells = [f"{r['regions_per_step']:.2g} reg", f"{r['eager_ops_per_step']:.3g} ops"]
+    if "cuda_kernels_per_step" in r:
+        cells.append(f"{r['cuda_kernels_per_step']:.3g} kernels")
+    return " / ".join(cells)
+
+
 def fmt_rate(r: dict) -> str:
     return f"{r['steps_per_s'] / 1e6:,.2f}" if "steps_per_s" in r else "-"
 
@@ -373,7 +482,7 @@ def print_table(rows: list[dict], cfg: Config) -> None:
         f"device {cfg.device} ({dev}), torch threads {torch.get_num_threads()}, "
         f"load average {os.getloadavg() if hasattr(os, 'getloadavg') else '?'}"
     )
-    head = ("task", "policy", "num_envs", "path", "M steps/s", "first call s", "vs gymnax")
+    head = ("task", "policy", "num_envs", "path", "M steps/s", "first call s", "vs gymnax", "per step")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     notes = []
@@ -386,6 +495,7 @@ def print_table(rows: list[dict], cfg: Config) -> None:
             fmt_rate(r) if "steps_per_s" in r else r.get("skipped", "-"),
             f"{r['first_call_s']:.1f}" if "first_call_s" in r else "-",
             f"{r['vs_gymnax']:.2f}x" if r["vs_gymnax"] else "-",
+            fmt_proxy(r),
         )
         print("| " + " | ".join(str(x) for x in cells) + " |")
         if "note" in r:
@@ -399,11 +509,13 @@ def print_table(rows: list[dict], cfg: Config) -> None:
             "both sides)"
         )
     notes.append(
-        "ours default = no compile flag anywhere (the env's compile='auto'); "
-        "ours eager = make_rollout(capture='auto') on a compile=False env: a CUDA graph on CUDA, eager on "
-        "CPU; ours compiled adds "
-        "compile_step=True and an env made with compile=True; first call s = the first rollout (for ours "
-        "compiled: cold compile and capture; for gymnax: the jit)"
+        "ours default = no compile flag anywhere (the env's compile='auto', make_rollout's "
+        "compile_step='auto': the whole step compiled where it is captured, on CUDA); "
+        "ours eager = make_rollout(capture='auto', compile_step=False) on a compile=False env: a CUDA graph "
+        "on CUDA, eager on CPU; ours compiled = compile_step=True and an env made with compile=True; "
+        "first call s = the first rollout (for a compiled row: cold compile and capture; for gymnax: the "
+        "jit); per step = compiled-region calls / kernel-launching aten ops outside them [/ CUDA kernels "
+        "seen by the profiler], from one profiled rollout"
     )
     for n in dict.fromkeys(notes):
         print(f"- {n}")
@@ -437,6 +549,7 @@ def write_json(rows: list[dict], cfg: Config) -> None:
             t: {"ours": TASKS[t][0], "ours_options": TASKS[t][2], "gymnax": TASKS[t][3]} for t in cfg.tasks
         },
         "layout": "one row per (task, policy, num_envs, path); vs_gymnax = this path's steps/s / gymnax's",
+        "kernel_proxy_cpu_before_after": KERNEL_PROXY_CPU,
     }
     try:
         import gymnax

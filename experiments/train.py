@@ -4,6 +4,7 @@
     python experiments/train.py --algo ppo --env hrl_nested/CartPole-v1 --total-steps 500000 \\
         --num-envs 256 --seed 1 --device cuda --run-dir runs/cp1 --wandb-mode online --ppo.lr 3e-3
     python experiments/train.py --resume runs/cp1 --total-steps 1000000   # continue a stopped run
+    torchrun --nproc-per-node 4 experiments/train.py --num-envs 4096 --device cuda   # one run on 4 GPUs
 
 The run directory gets ``config.json``, ``metrics.jsonl``, ``summary.json`` and ``checkpoint.pt`` (see
 `hrl_nested.tracking`). Each algorithm is one module under ``hrl_nested/algos/``; its hyperparameters
@@ -22,6 +23,7 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
+from hrl_nested import distributed
 from hrl_nested.algos import ALGORITHMS, ConfigError, Task, check, finite_float, get_algorithm, positive_int
 from hrl_nested.tracking import CheckpointError, Run, RunDirError, choose_run_id, default_run_dir
 from hrl_nested.tracking.sweep_args import SweepArgError, normalize_agent_args
@@ -221,12 +223,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2) from None
 
 
+DISTRIBUTED_ALGOS = ("ppo",)
+"""Algorithms that run under ``torchrun`` (one run across processes, `hrl_nested.distributed`)."""
+
+
+def _check_world(cfg: Any, world: distributed.World) -> None:
+    """Under torchrun (``world.size > 1``): an algorithm that supports it, one seed, and envs that split."""
+    if world.size == 1:
+        return
+    note = f"torchrun started {world.size} processes; --algo {cfg.algo} runs in one process"
+    if cfg.algo == "nested-hrl":
+        note += " (its hypergradients, a double backward through the inner PPO steps, are not all-reduced)"
+    what = f"one of {', '.join(DISTRIBUTED_ALGOS)} under torchrun"
+    check(cfg.algo in DISTRIBUTED_ALGOS, "algo", what, cfg.algo, note=note)
+    check(cfg.num_seeds == 1, "num_seeds", "1 under torchrun (one run across processes)", cfg.num_seeds)
+    distributed.local_num_envs(cfg.num_envs, world)
+
+
 def _main(argv: list[str] | None) -> dict[str, Any]:
     cfg = parse_config(argv)
+    world = distributed.world_from_env()  # torchrun's WORLD_SIZE / RANK / LOCAL_RANK
+    _check_world(cfg, world)
+    if world.size > 1:
+        with distributed.session(cfg.device) as world:
+            return _train(cfg, world)
+    return _train(cfg, world)
+
+
+def _train(cfg: Any, world: distributed.World) -> dict[str, Any]:
     algo = get_algorithm(cfg.algo)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    run_id = choose_run_id()  # the agent's WANDB_RUN_ID under `wandb agent`; also names the default dir
+    # the agent's WANDB_RUN_ID under `wandb agent`; also names the default dir (rank 0's for every rank)
+    run_id = distributed.broadcast_object(choose_run_id(), world)
     if cfg.run_dir is None:
         run_dir = default_run_dir(cfg.algo, cfg.env, cfg.seed, run_id=run_id)
         cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
@@ -244,8 +273,11 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         wandb_project=cfg.wandb_project,
         checkpoint_every_s=cfg.checkpoint_every_s,
         run_id=run_id,
+        writer=world.is_main,  # torchrun: rank 0 alone writes the run's files
     ) as run:
         summary = algo.train(_task_of(cfg), getattr(cfg, _field_name(cfg.algo)), run)
+    if not world.is_main:
+        return summary
     shown = {
         k: summary[k]
         for k in ("env_steps", "wall_s", "eval_return_mean", "eval_success_rate")

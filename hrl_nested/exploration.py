@@ -113,6 +113,7 @@ def uniform_action(
     space: gym.Space,
     r: torch.Tensor,
     bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    num_actions: int | None = None,
 ) -> torch.Tensor:
     """A uniformly random action in the policy's *stored* parametrization, from uniforms ``r``.
 
@@ -122,6 +123,8 @@ def uniform_action(
         r: ``U[0, 1)`` draws: shape ``(N,)`` for ``Discrete``, ``(N, d)`` for ``Box``.
         bounds: the Box's ``(low, high)`` as tensors on ``r``'s device and dtype; None makes them from
             ``space`` (a host copy: inside a captured CUDA graph pass them, as `Exploration` does).
+        num_actions: ``Discrete``: ``space.n`` as a Python int (pass it inside ``torch.compile``, as
+            `Exploration` does: reading gymnasium's ``np.int64`` there breaks the graph); None reads it.
 
     Returns:
         ``Discrete(n)``: ``floor(r n)``, uniform over the ``n`` actions. ``Box``: the draw ``u`` whose
@@ -130,7 +133,9 @@ def uniform_action(
         (``loc + scale tanh(u)`` is then uniform; ``2 r - 1`` is kept off ``±1`` so ``u`` is finite).
     """
     if isinstance(space, gym.spaces.Discrete):
-        n = int(space.n)
+        # num_actions: a Python int made outside any compiled region; int(space.n) of gymnasium's
+        # np.int64 inside torch.compile is a .item() on a traced scalar, a graph break
+        n = int(space.n) if num_actions is None else num_actions
         return (r * n).floor().long().clamp_max(n - 1)  # an index, as the Categorical policy's own
     if getattr(dist, "squash", None) == "tanh":
         edge = 1.0 - torch.finfo(r.dtype).eps
@@ -245,6 +250,8 @@ class Exploration:
                 and len(space.shape) == 1
                 and bool(np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)))
             )
+            if isinstance(space, gym.spaces.Discrete):  # a Python int, read outside any compiled step
+                self._cache["num_actions"] = int(space.n)
             if not (isinstance(space, gym.spaces.Discrete) or bounded):
                 raise ValueError(
                     f"action_space: ez-greedy draws uniform random actions, so it expects a Discrete or a "
@@ -285,7 +292,8 @@ class Exploration:
             r_dtype = policy_action.dtype if policy_action.is_floating_point() else cdf.dtype
             r = torch.rand(policy_action.shape, dtype=r_dtype, device=dev)
             bounds = self.bounds(dev, r_dtype)
-            new_action = uniform_action(dist, self.action_space, r, bounds).to(policy_action.dtype)
+            n_actions = self._cache.get("num_actions")
+            new_action = uniform_action(dist, self.action_space, r, bounds, n_actions).to(policy_action.dtype)
         else:
             new_action = policy_action
         return explore_step(

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from hrl_nested.deprecation import renamed_attribute
 from hrl_nested.distributions import Categorical, DiagGaussian
 from hrl_nested.networks import MLP, encode_leaf, flat_dim, select_member, stack_modules, vmap_apply
 from hrl_nested.obs_norm import ObsNormalizer
@@ -137,8 +138,11 @@ class Hierarchy:
         relative_goals: goals relative to the achieved goal (subpolicy input ``g - ag``, manager output
             ``ag + h u``).
         horizon, tolerance: segment length limit and subgoal tolerance (see `hrl_nested.segments`).
-        norm_obs: normalize Box observation leaves by running statistics.
+        norm_obs: normalize Box observation leaves by running statistics (``obs_normalizer``, an
+            `ObsNormalizer`, or None).
     """
+
+    rms = renamed_attribute("rms", "obs_normalizer")
 
     def __init__(
         self,
@@ -162,7 +166,7 @@ class Hierarchy:
             horizon,
             tolerance,
         )
-        self.rms = ObsNormalizer(obs_space, device=device) if norm_obs else None
+        self.obs_normalizer = ObsNormalizer(obs_space, device=device) if norm_obs else None
         own = obs_space["observation"] if self.is_dict else obs_space
         self._own_space = own
         has_dg = self.is_dict and "desired_goal" in obs_space.spaces
@@ -196,10 +200,10 @@ class Hierarchy:
 
     # ------------------------------------------------------------------ features
     def stats(self) -> Params:
-        return {} if self.rms is None else self.rms.stats()
+        return {} if self.obs_normalizer is None else self.obs_normalizer.stats()
 
     def _norm(self, obs: Any, stats: Mapping[str, torch.Tensor]) -> Any:
-        return obs if self.rms is None else self.rms.apply(obs, stats)
+        return obs if self.obs_normalizer is None else self.obs_normalizer.normalize(obs, stats)
 
     @staticmethod
     def _encode(x: torch.Tensor, space: gym.Space) -> torch.Tensor:

@@ -17,6 +17,11 @@ learning"), minimized:
 
     L_\\text{out}(θ', φ) = -\\operatorname{mean} \\frac{π_{θ'}(a|s,g)}{π_{θ_\\text{old}}(a|s,g)} A^\\text{ext}
 
+The outer loss may come from another batch than the inner loss: with ``--nested-hrl.outer-batch next``
+(online cross-validation, Xu et al. 2018) the loop pairs iteration k's ``inner_loss`` with the
+``outer_loss`` of batch k+1, which the updated θ' collected (its behaviour log-probs are those of θ',
+so the ratio is 1 at θ' and its gradient is not zero).
+
 The minibatch indices are drawn *outside* the losses (a list fixed before the inner loop), so the
 inner loss is a deterministic function of ``(θ, φ, t)``: every estimator, finite differences and a
 replay see the same problem.

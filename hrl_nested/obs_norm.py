@@ -5,6 +5,17 @@ captured rollout as part of its parameter dict and save them in a checkpoint. Th
 parallel-variance formula of Chan, Golub & LeVeque (1979), "Updating formulae and a pairwise algorithm
 for computing sample variances", the same one Gymnasium's ``NormalizeObservation`` and SB3's
 ``VecNormalize`` use, applied once per batch (never per step, so no host sync in a rollout).
+
+One entry point per job:
+
+- `normalize` (function): the formula ``clip((x - mean) / sqrt(var + 1e-8))`` on one tensor with the
+  statistics passed in; pure, so it vmaps and runs inside a captured rollout.
+- `ObsNormalizer.normalize`: an observation of any supported space (a Box, or a goal ``Dict`` with Box
+  leaves), with the current statistics or, given ``stats``, with those (then a pure function of its
+  inputs, for a captured rollout that receives the statistics as parameters).
+- `RunningMeanStd`: the statistics of one Box leaf (update, save, load), as in SB3 and Gymnasium.
+
+``ObsNormalizer.apply`` and ``RunningMeanStd.normalize`` are deprecated aliases of the above.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from collections.abc import Mapping
 import gymnasium as gym
 import torch
 
+from hrl_nested.deprecation import warn_renamed
 from hrl_nested.pytree import Obs
 
 
@@ -46,12 +58,17 @@ class RunningMeanStd:
         self.count = torch.full((), eps, dtype=torch.float64, device=device)
         self.clip = float(clip)
 
-    def update(self, x: torch.Tensor) -> None:
-        """Merge the samples in ``x`` (shape ``(..., *shape)``) into the statistics, in place."""
+    def update(self, x: torch.Tensor, reduce=None) -> None:
+        """Merge the samples in ``x`` (shape ``(..., *shape)``) into the statistics, in place. ``reduce``:
+        optional ``rows -> (mean, var, count)`` giving the batch's moments in place of the local ones (under
+        torchrun, those of the union over ranks: `hrl_nested.distributed.moments_reducer`)."""
         if tuple(x.shape[x.dim() - self.mean.dim() :]) != tuple(self.mean.shape):
             raise ValueError(f"x: expected trailing shape {tuple(self.mean.shape)}, got {tuple(x.shape)}")
         x = x.detach().reshape(-1, *self.mean.shape).to(torch.float64)
-        b_mean, b_var, b_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        if reduce is None:
+            b_mean, b_var, b_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        else:
+            b_mean, b_var, b_count = reduce(x)
         delta = b_mean - self.mean
         total = self.count + b_count
         m2 = self.var * self.count + b_var * b_count + delta.square() * self.count * b_count / total
@@ -61,7 +78,12 @@ class RunningMeanStd:
         self.count.copy_(total)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """``clip((x - mean) / sqrt(var + 1e-8))`` in ``x``'s dtype (differentiable w.r.t. ``x``)."""
+        """Deprecated: ``clip((x - mean) / sqrt(var + 1e-8))`` in ``x``'s dtype. Use `ObsNormalizer.normalize`
+        for observations, or the function `normalize` with these statistics."""
+        warn_renamed(
+            "RunningMeanStd.normalize(x)",
+            "ObsNormalizer.normalize(obs), or normalize(x, mean, var, clip) with this object's statistics",
+        )
         return normalize(x, self.mean.to(x.dtype), self.var.to(x.dtype), self.clip)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -93,7 +115,7 @@ class ObsNormalizer:
     One `RunningMeanStd` per Box leaf (the whole observation, or each key of a ``Dict``); other leaves
     (``Discrete`` ones, which a network one-hot encodes) pass through unchanged. ``stats()`` gives the
     statistics as a flat dict of tensors (``"<key>.mean"``, ``"<key>.var"``), so a captured rollout can
-    take them as inputs and normalize with `apply`.
+    take them as inputs and normalize with ``normalize(obs, stats)``.
 
     Args:
         space: the single-env observation space.
@@ -122,21 +144,29 @@ class ObsNormalizer:
     def _pack(self, leaves: dict[str, torch.Tensor]) -> Obs:
         return leaves if self.is_dict else leaves["obs"]
 
-    def update(self, obs: Obs) -> None:
-        """Merge a batch (any leading dims) into the statistics."""
+    def update(self, obs: Obs, reduce=None) -> None:
+        """Merge a batch (any leading dims) into the statistics (``reduce``: see `RunningMeanStd.update`)."""
         leaves = self._leaves(obs)
         for k, rms in self.rms.items():
-            rms.update(leaves[k])
+            rms.update(leaves[k], reduce)
 
     def stats(self) -> dict[str, torch.Tensor]:
-        """``{"<key>.mean", "<key>.var"}`` as float32 tensors (inputs for `apply`)."""
+        """``{"<key>.mean", "<key>.var"}`` as float32 tensors (the ``stats`` input of `normalize`)."""
         out = {}
         for k, rms in self.rms.items():
             out[f"{k}.mean"], out[f"{k}.var"] = rms.mean.float(), rms.var.float()
         return out
 
-    def apply(self, obs: Obs, stats: Mapping[str, torch.Tensor]) -> Obs:
-        """Normalize ``obs`` with given ``stats`` (from `stats`), a pure function of its inputs."""
+    def normalize(self, obs: Obs, stats: Mapping[str, torch.Tensor] | None = None) -> Obs:
+        """``clip((x - mean) / sqrt(var + 1e-8))`` on each Box leaf of ``obs``; other leaves unchanged.
+
+        Args:
+            obs: a batch of observations (any leading dims).
+            stats: the statistics to use, as `stats` gives them; then a pure function of ``obs`` and
+                ``stats`` (what a captured rollout calls with its parameter inputs). None: the current
+                statistics.
+        """
+        stats = self.stats() if stats is None else stats
         leaves = self._leaves(obs)
         for k in self.rms:
             x = leaves[k].to(stats[f"{k}.mean"].dtype) if not leaves[k].is_floating_point() else leaves[k]
@@ -144,9 +174,10 @@ class ObsNormalizer:
             leaves[k] = normalize(x, mean, var, self.clip)
         return self._pack(leaves)
 
-    def normalize(self, obs: Obs) -> Obs:
-        """Normalize ``obs`` with the current statistics."""
-        return self.apply(obs, self.stats())
+    def apply(self, obs: Obs, stats: Mapping[str, torch.Tensor]) -> Obs:
+        """Deprecated alias of ``normalize(obs, stats)``."""
+        warn_renamed("ObsNormalizer.apply(obs, stats)", "ObsNormalizer.normalize(obs, stats)")
+        return self.normalize(obs, stats)
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         return {k: rms.state_dict() for k, rms in self.rms.items()}

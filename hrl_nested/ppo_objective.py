@@ -23,7 +23,15 @@ from hrl_nested.losses import approx_kl, clip_fraction, entropy_loss, ppo_clip_l
 Scalar = float | torch.Tensor
 DistFn = Callable[[Mapping[str, torch.Tensor], Any], tuple[Any, torch.Tensor | None]]
 
-__all__ = ["PPOStats", "normalize_advantages", "ppo_objective"]
+__all__ = [
+    "PPOStats",
+    "UnionMinibatch",
+    "advantage_sums",
+    "normalize_advantages",
+    "ppo_objective",
+    "ppo_objective_shard",
+    "shard_stats",
+]
 
 _MB_KEYS = ("obs", "actions", "logprobs", "advantages")
 
@@ -165,3 +173,101 @@ def _masked_objective(dist, v, logp, mb, mask, clip_coef, vf_coef, ent_coef, nor
         clipfrac = (((ratio - 1.0).abs() > clip_coef).to(m.dtype) * m).sum() / count
         stats = PPOStats(pg_loss.detach(), v_loss.detach(), ent.detach(), kl, clipfrac)
     return loss, stats
+
+
+# ---------------------------------------------------------------------------- a shard of a minibatch
+class UnionMinibatch(NamedTuple):
+    """What a shard needs to know of the whole minibatch it belongs to (under ``torchrun``: all-reduced
+    over ranks, see `hrl_nested.distributed`).
+
+    Attributes:
+        count: ``M``, the rows of the union minibatch.
+        policy_count: the rows that enter the policy terms (``M`` without a ``policy_mask``).
+        adv_mean: the mean advantage over those rows.
+        adv_std: their Bessel-corrected standard deviation.
+    """
+
+    count: torch.Tensor
+    policy_count: torch.Tensor
+    adv_mean: torch.Tensor
+    adv_std: torch.Tensor
+
+
+def _policy_rows(mb: Mapping[str, Any]) -> torch.Tensor:
+    mask = mb.get("policy_mask")
+    return torch.ones_like(mb["advantages"], dtype=torch.bool) if mask is None else mask
+
+
+def advantage_sums(mb: Mapping[str, Any], mean: torch.Tensor | None = None) -> torch.Tensor:
+    """A shard's contribution to `UnionMinibatch`: ``[rows, policy rows, sum A]`` over the policy rows, or
+    with ``mean`` the one value ``[sum (A - mean)^2]`` (the second pass of a two-pass variance)."""
+    adv = mb["advantages"].detach()
+    rows = _policy_rows(mb)
+    if mean is not None:
+        return torch.where(rows, adv - mean, torch.zeros_like(adv)).square().sum().reshape(1)
+    policy = torch.where(rows, adv, torch.zeros_like(adv))
+    n = torch.tensor(float(adv.shape[0]), dtype=adv.dtype, device=adv.device)
+    return torch.stack([n, rows.to(adv.dtype).sum(), policy.sum()])
+
+
+def ppo_objective_shard(
+    dist_fn: DistFn,
+    params: Mapping[str, torch.Tensor],
+    mb: Mapping[str, Any],
+    union: UnionMinibatch,
+    *,
+    clip_coef: Scalar,
+    vf_coef: Scalar = 0.5,
+    ent_coef: Scalar = 0.0,
+    norm_adv: bool = True,
+    clip_vloss: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ppo_objective` on a shard of a minibatch, as a *sum* of per-sample terms: summed over the shards
+    of a minibatch and divided by ``union.count``, it is `ppo_objective` on the whole minibatch (the
+    same terms, the advantage normalization with the union's mean and std).
+
+    .. math::
+
+        S = \\sum_{i \\in \\text{shard}} \\frac{M}{M_\\pi} m_i \\ell^\\text{clip}_i + c_v \\ell^V_i - c_e H_i,
+        \\qquad L_\\text{union} = \\frac{1}{M} \\sum_\\text{shards} S
+
+    with ``m_i`` the policy mask (1 without one) and ``M_pi`` the union's policy rows. A shard may be
+    empty: ``S = 0``, with a zero gradient.
+
+    Returns:
+        ``(S, sums)``: the scalar ``S`` and the detached ``(5,)`` sums of the statistics' terms, turned
+        into the union's `PPOStats` by `shard_stats` once summed over the shards.
+    """
+    dist, v = dist_fn(params, mb["obs"])
+    logp = dist.log_prob(mb["actions"])
+    rows = _policy_rows(mb)
+    zeros = torch.zeros_like(logp)
+    adv = torch.where(rows, mb["advantages"], zeros)
+    if norm_adv:
+        adv = torch.where(rows, (adv - union.adv_mean) / (union.adv_std + 1e-8), zeros)
+    log_ratio = torch.where(rows, logp - mb["logprobs"], zeros)
+    ratio = log_ratio.exp()
+    surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * adv)
+    pg = torch.where(rows, -surr, zeros)
+    if v is None:
+        vl = zeros
+    elif clip_vloss:
+        v_clipped = mb["values"] + (v - mb["values"]).clamp(-clip_coef, clip_coef)
+        vl = 0.5 * torch.maximum((v - mb["returns"]).square(), (v_clipped - mb["returns"]).square())
+    else:
+        vl = 0.5 * (v - mb["returns"]).square()
+    ent = dist.entropy()
+    policy_weight = union.count / union.policy_count.clamp_min(1.0)
+    per_sample = policy_weight * pg + (0.0 if v is None else vf_coef * vl) - ent_coef * ent
+    with torch.no_grad():
+        m = rows.to(logp.dtype)
+        kl = ((ratio - 1.0) - log_ratio) * m
+        clipped = ((ratio - 1.0).abs() > clip_coef).to(m.dtype) * m
+        sums = torch.stack([pg.sum(), vl.sum(), ent.sum(), kl.sum(), clipped.sum()])
+    return per_sample.sum(), sums
+
+
+def shard_stats(sums: torch.Tensor, union: UnionMinibatch) -> PPOStats:
+    """The union minibatch's `PPOStats` from the sums of `ppo_objective_shard`'s statistics over shards."""
+    pol, n = union.policy_count.clamp_min(1.0), union.count
+    return PPOStats(sums[0] / pol, sums[1] / n, sums[2] / n, sums[3] / pol, sums[4] / pol)

@@ -13,6 +13,12 @@ undone with ``env.get_state()`` / ``env.set_state()`` before the capture (`Colle
 the CPU ``"static"`` mode runs too). Streams, the graph and the RNG state are those of the env's device,
 whatever the current device is.
 
+Inside a graph every kernel is paid per step, so with ``compile_step`` (the default wherever a CUDA graph
+is captured) a step is ONE ``torch.compile``-d call: policy, sampling, the env step (inlined, not a
+separate compiled region), episode bookkeeping as per-env sums, and the write of the step's record into
+row t of the preallocated T-step buffers; the loop runs nothing else between steps
+(`Collector._fused_loop`; ``experiments/bench_rollout.py`` reports the kernels per step).
+
 A policy step is ``policy_fn(params, obs, carry) -> PolicyOutput``; the *carry* is any per-env pytree
 the policy threads through time (a manager's goal, chosen subpolicy, steps left in its segment...).
 It is recorded in ``batch.carry``, returned, and fed to the next call, so a rollout can be resumed.
@@ -22,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
+import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -32,6 +40,7 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 
 import envs
+from envs.fused import _private_copy, uncompiled_steps
 from hrl_nested.batch import Batch
 from hrl_nested.distributions import DiagGaussian
 from hrl_nested.exploration import Exploration
@@ -154,6 +163,53 @@ def no_garbage_collection() -> Iterator[None]:
             gc.enable()
 
 
+def inductor_eager_rng(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
+    """Inductor with ``fallback_random``: the compiled step's ``torch.rand`` / ``randn`` are torch's own
+    kernels on torch's generator, so they draw exactly the numbers the eager step draws (inductor's
+    in-kernel RNG would draw others); the transform of the draw (Gumbel-max, ``loc + scale * eps``) still
+    fuses into the step's kernel. The compiled rollout thereby takes the eager rollout's actions."""
+    from torch._inductor.compile_fx import compile_fx
+
+    with torch._inductor.config.patch(fallback_random=True):
+        return compile_fx(gm, example_inputs)
+
+
+_log = logging.getLogger("hrl_nested")
+_notice_given = False
+
+
+def _compile_notice(collector: Collector) -> None:
+    """One line, once per process, when ``compile_step="auto"`` first compiles a rollout step."""
+    global _notice_given
+    if _notice_given:
+        return
+    _notice_given = True
+    _log.warning(
+        "hrl_nested: compile_step='auto' is compiling the rollout step (policy + env step + buffer writes) "
+        "for %d envs on %s: seconds once, then a few kernels a step (compile_step=False skips it; compiled "
+        "values may differ from eager in the low bits)",
+        collector.env.num_envs,
+        collector.device,
+    )
+
+
+def resolve_compile_step(compile_step: bool | str, mode: str, device: torch.device) -> bool:
+    """Whether `make_rollout` compiles its step: ``True`` / ``False`` as given; ``"auto"`` (the default):
+    when the rollout is captured as a CUDA graph (``mode == "cuda_graph"``), where one compile is replayed
+    for the whole run and the compiled step is a few kernels instead of dozens.
+
+    >>> resolve_compile_step("auto", "cuda_graph", torch.device("cuda"))
+    True
+    >>> resolve_compile_step("auto", "none", torch.device("cpu"))
+    False
+    """
+    if isinstance(compile_step, bool):
+        return compile_step
+    if compile_step != "auto":
+        raise ValueError(f"compile_step: expected True, False or 'auto', got {compile_step!r}")
+    return mode == "cuda_graph" and device.type == "cuda"
+
+
 def _copy_tree(dst: Any, src: Any, name: str) -> None:
     """``dst.copy_(src)`` leaf by leaf, with a clear error when structure, shape or dtype changed."""
     d, s = tree_leaves(dst), tree_leaves(src)
@@ -178,7 +234,7 @@ class Collector:
         num_steps: int,
         capture: str,
         reset_carry: Callable | None,
-        compile_step: bool,
+        compile_step: bool | str,
     ):
         self.env, self.policy_fn, self.num_steps, self.reset_carry = env, policy_fn, num_steps, reset_carry
         dev = torch.device(env.device)
@@ -219,7 +275,17 @@ class Collector:
         self._warmed_up = False
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_out: Any = None
-        self._step_fn = torch.compile(self._step, dynamic=False) if compile_step else self._step
+        self.compiled = resolve_compile_step(compile_step, self.mode, dev)
+        # The fused loop preallocates the T-step buffers from an eager probe step that it rewinds.
+        self._fused = self.compiled and can_rewind
+        self._layout: tuple[Any, list[tuple[torch.Size, torch.dtype]]] | None = None
+        self._auto_untried = self._fused and compile_step == "auto"
+        self._step_fn = self._step
+        if self.compiled:
+            # A code object of its own (envs.fused's reason: dynamo caches graphs per code object, at most
+            # 8; every collector of a process would otherwise be a recompilation of Collector._step).
+            self._step = types.MethodType(_private_copy(Collector._step), self)
+            self._step_fn = torch.compile(self._step, dynamic=False, backend=inductor_eager_rng)
 
     # ------------------------------------------------------------------ public
     def __call__(self, params: Mapping[str, torch.Tensor], obs: Obs, carry: Any = None) -> RolloutResult:
@@ -329,10 +395,17 @@ class Collector:
                 self._graph_out = self._run(s_params, s_obs, s_carry)
         self._graph = graph
 
-    def _step(self, params, obs, carry, ep_ret, ep_len):
-        """One (policy, env) step with the episode bookkeeping; all masks, no branches on data."""
-        out = self.policy_fn(params, obs, carry)
-        action = out.action if out.env_action is None else out.env_action
+    def _step(self, params, obs, carry, ep_ret, ep_len, sums, out=None):
+        """One (policy, env) step with the episode bookkeeping; all masks, no branches on data.
+
+        ``out`` None (the eager loop): returns the step's record, and ``sums`` (None at t = 0) gains this
+        step's scalar sums over the envs that ended. ``out`` a list of the record's ``(N, ...)`` slots
+        (row t of the T-step buffers, the fused compiled loop): the record is written there, inside the
+        step, and ``sums`` are per-env ``(N,)`` accumulators summed once after the loop. Either way
+        returns ``(record or None, next_obs, carry, ep_ret, ep_len, sums)``.
+        """
+        pol = self.policy_fn(params, obs, carry)
+        action = pol.action if pol.env_action is None else pol.env_action
         if self._bounds is not None:  # the env gets the clipped action, the batch keeps the policy's
             action = torch.maximum(torch.minimum(action, self._bounds[1]), self._bounds[0])
         next_obs, r_t, term_t, trunc_t, info = self.env.step(action)
@@ -342,35 +415,106 @@ class Collector:
         final_obs = where_rows(done, info["final_obs"], next_obs)
         ep_ret = ep_ret + r_t
         ep_len = ep_len + 1
-        ended = (
-            torch.where(done, ep_ret, 0).sum(),
-            torch.where(done, ep_len, 0).sum(),
-            done.sum(),
-        )
+        ended = (torch.where(done, ep_ret, 0), torch.where(done, ep_len, 0), done)
+        if out is None:
+            ended = tuple(x.sum() for x in ended)
+            sums = ended if sums is None else tuple(a + b for a, b in zip(sums, ended))
+        else:  # elementwise: fuses into the step's kernel (a sum over envs would be a kernel per step)
+            sums = tuple(a + b for a, b in zip(sums, ended))
         ep_ret = torch.where(done, torch.zeros_like(ep_ret), ep_ret)
         ep_len = torch.where(done, torch.zeros_like(ep_len), ep_len)
-        carry_next = out.carry if self.reset_carry is None else self.reset_carry(out.carry, done)
-        record = (obs, out.action, out.logprob, out.value, r_t, final_obs, term_t, trunc_t, out.carry)
-        return record, next_obs, carry_next, ep_ret, ep_len, ended
+        carry_next = pol.carry if self.reset_carry is None else self.reset_carry(pol.carry, done)
+        record = (obs, pol.action, pol.logprob, pol.value, r_t, final_obs, term_t, trunc_t, pol.carry)
+        if out is None:
+            return record, next_obs, carry_next, ep_ret, ep_len, sums
+        leaves = tree_leaves(record)
+        if len(leaves) != len(out):
+            raise ValueError(
+                f"policy: expected {len(out)} record tensors as in the probe step, got {len(leaves)}"
+            )
+        for buf, x in zip(out, leaves):
+            buf.copy_(x)
+        return None, next_obs, carry_next, ep_ret, ep_len, sums
 
     def _run(self, params, obs, carry) -> RolloutResult:
+        if self._fused:
+            return self._run_fused(params, obs, carry)
         T = self.num_steps
         ep_ret, ep_len = self._ep_ret, self._ep_len
-        record, obs, carry, ep_ret, ep_len, sums = self._step_fn(params, obs, carry, ep_ret, ep_len)
+        record, obs, carry, ep_ret, ep_len, sums = self._step_fn(params, obs, carry, ep_ret, ep_len, None)
         leaves = tree_leaves(record)
         bufs = [torch.empty((T, *x.shape), dtype=x.dtype, device=x.device) for x in leaves]
         for t in range(T):
             if t > 0:
-                record, obs, carry, ep_ret, ep_len, ended = self._step_fn(params, obs, carry, ep_ret, ep_len)
+                record, obs, carry, ep_ret, ep_len, sums = self._step_fn(
+                    params, obs, carry, ep_ret, ep_len, sums
+                )
                 leaves = tree_leaves(record)
-                sums = tuple(a + b for a, b in zip(sums, ended))
             for buf, x in zip(bufs, leaves):
                 buf[t].copy_(x)
+        return self._result(bufs, record, obs, carry, ep_ret, ep_len, sums)
+
+    def _run_fused(self, params, obs, carry) -> RolloutResult:
+        """`_fused_loop`; the first run of a ``compile_step="auto"`` rollout falls back to the eager loop
+        (from the same state, with a warning) if compiling fails."""
+        if not self._auto_untried:
+            return self._fused_loop(params, obs, carry)
+        _compile_notice(self)
+        snapshot = self._snapshot()
+        try:
+            return self._fused_loop(params, obs, carry)
+        except Exception as e:  # noqa: BLE001 - compile_step="auto" must never cost the user their rollout
+            self._rewind(snapshot)
+            self._step_fn, self._fused, self.compiled = self._step, False, False
+            root = e
+            while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+                root = inner  # dynamo wraps the backend's error (BackendCompilerFailed): name the original
+            first = str(root).strip().splitlines()[0][:160] if str(root).strip() else ""
+            _log.warning(
+                "hrl_nested: compile_step='auto' could not compile the rollout step (%s: %s); running it "
+                "eagerly (pass compile_step=False to skip the attempt)",
+                type(root).__name__,
+                first,
+            )
+            return self._run(params, obs, carry)
+        finally:
+            self._auto_untried = False
+
+    def _fused_loop(self, params, obs, carry) -> RolloutResult:
+        """The compiled loop: each step is ONE compiled call that also writes its row of the T-step buffers
+        and updates per-env episode sums; nothing else runs between steps (one region, no eager ops)."""
+        T = self.num_steps
+        if self._layout is None:
+            self._layout = self._probe(params, obs, carry)
+        spec, metas = self._layout
+        bufs = [torch.empty((T, *shape), dtype=dtype, device=self.device) for shape, dtype in metas]
+        ep_ret, ep_len = self._ep_ret, self._ep_len
+        sums = (torch.zeros_like(ep_ret), torch.zeros_like(ep_len), torch.zeros_like(ep_len))
+        for t in range(T):
+            _, obs, carry, ep_ret, ep_len, sums = self._step_fn(
+                params, obs, carry, ep_ret, ep_len, sums, [b[t] for b in bufs]
+            )
+        return self._result(bufs, spec, obs, carry, ep_ret, ep_len, tuple(s.sum() for s in sums))
+
+    def _probe(self, params, obs, carry) -> tuple[Any, list[tuple[torch.Size, torch.dtype]]]:
+        """The record's structure, shapes and dtypes, from one eager step that is then rewound (env, episode
+        accumulators and RNG as before; a compiled env step runs uncompiled here: no separate compile)."""
+        snapshot = self._snapshot()
+        try:
+            with uncompiled_steps():
+                record = self._step(params, obs, carry, self._ep_ret, self._ep_len, None)[0]
+        finally:
+            self._rewind(snapshot)
+        skeleton = tree_map(lambda _: torch.empty(0), record)  # the structure, without the probe's tensors
+        return skeleton, [(x.shape, x.dtype) for x in tree_leaves(record)]
+
+    def _result(self, bufs, like, obs, carry, ep_ret, ep_len, sums) -> RolloutResult:
+        """The `RolloutResult` of a finished loop; the running episode accumulators are stored in place."""
         self._ep_ret.copy_(ep_ret)
         self._ep_len.copy_(ep_len)
         it = iter(bufs)
         obs_t, a_t, logp_t, v_t, r_t, next_obs_t, term_t, trunc_t, carry_t = tree_map(
-            lambda _: next(it), record
+            lambda _: next(it), like
         )
         batch = Batch(obs_t, a_t, logp_t, v_t, r_t, next_obs_t, term_t, trunc_t, None, carry_t)
         return RolloutResult(batch, obs, carry, *sums)
@@ -383,7 +527,7 @@ def make_rollout(
     *,
     capture: str = "auto",
     reset_carry: Callable[[Any, torch.Tensor], Any] | None = None,
-    compile_step: bool = False,
+    compile_step: bool | str = "auto",
 ) -> Collector:
     """Build ``collect(params, obs, carry) -> RolloutResult`` running ``num_steps`` fused steps.
 
@@ -406,10 +550,19 @@ def make_rollout(
             warm-up-and-rewind on the first call, testable on CPU).
         reset_carry: optional ``reset_carry(carry, done) -> carry`` applied after each env step with the
             ``(N,)`` episode-end mask (e.g. end a manager's segment when its episode ends).
-        compile_step: run each (policy, env, bookkeeping) step through ``torch.compile`` (fuses the
-            elementwise work; under ``"cuda_graph"`` the compiled step is what gets captured). Pays on
-            long runs only: a cold compile takes seconds to tens of seconds. Best with an env made
-            with ``compile=True`` (branch-free, no graph break).
+        compile_step: ``"auto"`` (the default): compile when the rollout is captured as a CUDA graph
+            (`resolve_compile_step`), else not; ``True`` / ``False``. Compiled, each step (policy, sampling,
+            env step with its autoreset, episode bookkeeping and the write of the step's row of the
+            T-step buffers) is ONE ``torch.compile``-d call, so that the T-step loop runs nothing else
+            (under ``"cuda_graph"`` it is what gets captured): a few kernels a step instead of dozens.
+            The buffers are laid out from one eager probe step, rewound (an env whose state lives in a
+            simulator, ``supports_state = False``, keeps the copies outside the compiled step). Pays on
+            long runs only: a cold compile takes seconds to tens of seconds. Numbers: sampling draws from
+            torch's generator as the eager step does (inductor's ``fallback_random``), so a compiled
+            rollout takes the eager rollout's actions; values, log-probs and the physics may differ in
+            the low bits (inductor's fused float arithmetic), and the episode-return sum is added up
+            per env first (another order). With ``"auto"`` a compile that fails logs a warning and the
+            rollout runs eagerly.
 
     Returns:
         The collector; call it as ``collect(params, obs, carry)``. It also has ``state_dict()`` /
@@ -435,4 +588,4 @@ def make_rollout(
             f"env: expected SAME_STEP autoreset (make it with autoreset_mode='same_step'), got {mode}; "
             "NEXT_STEP would put a dummy reset transition into the batch"
         )
-    return Collector(env, policy_fn, int(num_steps), capture, reset_carry, bool(compile_step))
+    return Collector(env, policy_fn, int(num_steps), capture, reset_carry, compile_step)

@@ -24,13 +24,19 @@ __all__ = ["stacked_actor_critic_apply"]
 
 
 def stacked_actor_critic_apply(
-    module: ActorCritic, params: Mapping[str, torch.Tensor], obs: Any, *, critic: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    module: ActorCritic,
+    params: Mapping[str, torch.Tensor],
+    obs: Any,
+    *,
+    critic: bool = True,
+    actor: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``actor_critic_apply`` for K members at once: ``params`` ``{name: (K, ...)}``, ``obs`` ``(K, ...)``.
 
     Member k's output is ``actor_critic_apply(module, {n: p[k]}, obs[k])``: ``(dist_params, value)`` with
-    a leading ``K`` dim (``value`` None with ``critic=False``). Differentiable in ``params``. A module
-    whose layers are not plain ``Linear`` / parameterless ones runs through ``torch.func.vmap`` instead.
+    a leading ``K`` dim (``value`` None with ``critic=False``; ``dist_params`` None with ``actor=False``,
+    for the bootstrap values alone). Differentiable in ``params``. A module whose layers are not plain
+    ``Linear`` / parameterless ones runs through ``torch.func.vmap`` instead.
 
     >>> import gymnasium as gym
     >>> from torch.func import stack_module_state
@@ -42,7 +48,8 @@ def stacked_actor_critic_apply(
     """
     plans = _plans(module)
     if plans is None or "actor.0.weight" not in params:
-        return _vmapped(module, params, obs, critic)
+        out, value = _vmapped(module, params, obs, critic)
+        return (out if actor else None), value
     x = module.encode(obs)  # (K, ..., d): encoding acts on the trailing dims only
     k, lead, d = x.shape[0], x.shape[1:-1], x.shape[-1]
     rows = x.reshape(k, -1, d)
@@ -50,11 +57,13 @@ def stacked_actor_critic_apply(
     padded = _padded_rows(rows[0])  # the single-member padding rule, applied to every member alike
     if padded is not None:
         rows = nn.functional.pad(rows, (0, 0, 0, padded[0].shape[0] - m))
-    out = _run_stacked(plans[0], params, rows)[:, :m]
-    out = out.reshape(k, *lead, out.shape[-1])
     value = None
     if critic:
         value = _run_stacked(plans[1], params, rows)[:, :m].reshape(k, *lead)
+    if not actor:
+        return None, value
+    out = _run_stacked(plans[0], params, rows)[:, :m]
+    out = out.reshape(k, *lead, out.shape[-1])
     if module.log_std is not None:
         log_std = params["log_std"].reshape(k, *([1] * len(lead)), -1)
         out = torch.cat([out, log_std.expand_as(out)], -1)

@@ -35,8 +35,9 @@ from hrl_nested.networks import ActorCritic, actor_critic_apply, params_of
 from hrl_nested.ppo_objective import ppo_objective
 from hrl_nested.rollout import PolicyOutput, actor_critic_policy, make_rollout
 from hrl_nested.tracking import Run, read_metrics
+from tests._ppo_runs import crash_after_iteration, ppo_run
 from tests._scripts import load_script
-from tests.test_ppo_wiring import assert_gae_wiring, record_calls, record_rollouts
+from tests.test_ppo_wiring import _minibatch, assert_gae_wiring, record_calls, record_rollouts
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
@@ -218,18 +219,7 @@ def test_masked_objective_is_the_objective_of_the_on_policy_rows():
     g = torch.Generator().manual_seed(2)
     agent = ActorCritic(gym.spaces.Box(-np.inf, np.inf, (4,)), gym.spaces.Discrete(3), hidden=(8,)).double()
     b = 64
-    obs = torch.randn(b, 4, generator=g, dtype=torch.float64)
-    actions = torch.randint(0, 3, (b,), generator=g)
-    with torch.no_grad():
-        logp = agent.distribution(agent(obs)[0]).log_prob(actions)
-    mb = {
-        "obs": obs,
-        "actions": actions,
-        "logprobs": logp + 0.3 * torch.randn(b, generator=g, dtype=torch.float64),
-        "values": torch.randn(b, generator=g, dtype=torch.float64),
-        "advantages": 2 * torch.randn(b, generator=g, dtype=torch.float64) + 1,
-        "returns": torch.randn(b, generator=g, dtype=torch.float64),
-    }
+    mb = _minibatch(agent, b, g, num_actions=3, adv_mean=1.0)
     mask = torch.rand(b, generator=g) < 0.6
     params = dict(agent.named_parameters())
 
@@ -287,16 +277,26 @@ def _collect(
     seed: int = 0,
     reset: bool = True,
     device: str = "cpu",
+    env_compile: bool | str = "auto",
+    **rollout_kw,
 ):
     """Two collects of ``steps`` x 8 envs (time limit 10) from a fixed seed; with ``explore`` the carry
     starts as `initial_explore_carry` and, with ``reset``, runs end at episode ends (`end_runs`)."""
     env = envs.make(
-        env_id, 8, device=device, autoreset_mode="same_step", validate=False, max_episode_steps=10
+        env_id,
+        8,
+        device=device,
+        autoreset_mode="same_step",
+        validate=False,
+        max_episode_steps=10,
+        compile=env_compile,
     )
     torch.manual_seed(seed)
     ac = ActorCritic(env.single_observation_space, env.single_action_space, hidden=(16,)).to(device)
     reset_carry = end_runs if explore and reset else None
-    collect = make_rollout(env, policy_factory(ac), steps, capture=capture, reset_carry=reset_carry)
+    collect = make_rollout(
+        env, policy_factory(ac), steps, capture=capture, reset_carry=reset_carry, **rollout_kw
+    )
     obs, _ = env.reset(seed=seed)
     carry = None
     if explore:
@@ -372,13 +372,46 @@ def test_exploring_rollout_static_buffers_equal_eager_and_runs_continue_inside_a
 def test_exploring_rollout_captured_as_a_cuda_graph_equals_eager(env_id):
     """Exploration is capture-safe: no host sync or copy inside the step (the CDF table and the Box
     bounds are made on the device during the warm-up), and the replay gives the eager rollout."""
-    (eager, _), (graph, _) = (
-        _collect(env_id, _exploring, "none", True, device="cuda"),
-        _collect(env_id, _exploring, "cuda_graph", True, device="cuda"),
+    (eager, _), (graph, _) = (  # the graph of the eager step (the compiled one: the next test)
+        _collect(env_id, _exploring, "none", True, device="cuda", compile_step=False),
+        _collect(env_id, _exploring, "cuda_graph", True, device="cuda", compile_step=False),
     )
     for x, y in zip(_leaves(eager), _leaves(graph), strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
     assert bool(eager[0].batch.carry["off_policy"].any())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("env_id", ["hrl_nested/FourRooms-v0", "hrl_nested/PointMaze-U-v0"])
+def test_exploring_rollout_compiled_and_captured_equals_eager(env_id):
+    """The CUDA default (the whole step compiled, then captured): the eager rollout's actions and
+    exploration carry exactly, floats within the compiled path's low-bit tolerance."""
+    (eager, _), (graph, _) = (
+        _collect(env_id, _exploring, "none", True, device="cuda", compile_step=False),
+        _collect(env_id, _exploring, "cuda_graph", True, device="cuda"),
+    )
+    for e, g in zip(eager, graph, strict=True):
+        assert torch.equal(e.batch.actions, g.batch.actions)
+        assert torch.equal(e.batch.carry["off_policy"], g.batch.carry["off_policy"])
+    for x, y in zip(_leaves(eager), _leaves(graph), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("env_id", ["hrl_nested/FourRooms-v0", "hrl_nested/PointMaze-U-v0"])
+def test_exploring_step_compiles_without_a_graph_break(env_id):
+    """ez-greedy inside the compiled rollout step (a compiled env, as on CUDA) is one graph: no host read
+    of the action space (a graph break there splits the step and leaves its ops between compiled
+    regions)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    (eager, _), (compiled, _) = (
+        _collect(env_id, _exploring, "none", True, steps=6, compile_step=False),
+        _collect(env_id, _exploring, "static", True, steps=6, env_compile=True, compile_step=True),
+    )
+    breaks = dict(torch._dynamo.utils.counters["graph_break"])
+    assert not breaks, f"graph breaks in the exploring step: {breaks}"
+    for e, c in zip(eager, compiled, strict=True):
+        assert torch.equal(e.batch.actions, c.batch.actions)
 
 
 def test_an_episode_end_closes_the_run():
@@ -400,8 +433,7 @@ def test_an_episode_end_closes_the_run():
 
 # ------------------------------------------------------------------------------ PPO runs
 def _run(run_dir, task, resume=False):
-    return Run(run_dir, config={}, algo="ppo", env=task.env, seed=task.seed, total_steps=task.total_steps,
-               resume=resume, progress=False, checkpoint_every_s=0.0)  # fmt: skip
+    return ppo_run(run_dir, task, resume, checkpoint_every_s=0.0)
 
 
 def test_exploring_ppo_resumes_exactly(tmp_path, monkeypatch):
@@ -410,15 +442,7 @@ def test_exploring_ppo_resumes_exactly(tmp_path, monkeypatch):
                 eval_episodes=2)  # fmt: skip
     cfg = ppo.PPOConfig(num_steps=16, num_minibatches=2, eval_every=2, explore="ez-greedy", explore_eps=0.1)
     ppo.train(task, cfg, _run(tmp_path / "straight", task))
-    real_log = Run.log
-
-    def crashing_log(self, row):
-        out = real_log(self, row)
-        if out["iteration"] == 3:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(Run, "log", crashing_log)
+    real_log = crash_after_iteration(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt), _run(tmp_path / "crashed", task) as run:
         ppo.train(task, cfg, run)
     monkeypatch.setattr(Run, "log", real_log)
@@ -511,3 +535,27 @@ def test_the_results_script_has_both_control_rows_and_reads_them_against_their_b
         and "nested-hrl-scalar is 0.65 below hrl" in text
     )
     assert module.controls_markdown({"T": {"ppo": row(0.4), "nested-hrl": row(1.0)}}) == []
+
+
+def test_exploring_step_traces_no_host_read_of_the_action_space():
+    """Gymnasium's ``Discrete.n`` is an ``np.int64``: read inside ``torch.compile`` it becomes a traced
+    scalar and a ``.item()`` (``wrapped_item``), which the CUDA backend refused on an H200, splitting the
+    compiled rollout step. `Exploration` reads it once, outside: the traced step holds no such node."""
+    targets = []
+
+    def recording_backend(gm, example_inputs):
+        targets.extend(getattr(n.target, "__name__", str(n.target)) for n in gm.graph.nodes)
+        return gm.forward
+
+    explore = Exploration("ez-greedy", 0.5, 2.0, 10, gym.spaces.Discrete(4))
+    logits = torch.zeros(8, 4)
+    carry = initial_explore_carry(8, torch.zeros(8, dtype=torch.int64))
+    explore.cdf(logits.device)  # made outside the compiled step, as the rollout's warm-up does
+    step = torch.compile(
+        lambda lg, a, c: explore.step(Categorical(lg), a, c), backend=recording_backend, fullgraph=True
+    )
+    torch._dynamo.reset()
+    action, _ = step(logits, torch.zeros(8, dtype=torch.int64), carry)
+    assert action.shape == (8,) and targets, "nothing was traced"
+    host_reads = [t for t in targets if t in ("wrapped_item", "item", "_local_scalar_dense")]
+    assert not host_reads, targets

@@ -9,6 +9,7 @@ import torch
 
 import envs
 from envs.tasks.four_rooms import FOUR_ROOMS_LAYOUT, HALLWAYS, ROOMS, FourRoomsEnv, four_rooms_free, room_of
+from tests._episodes import first_episode_success_rate
 
 UP, RIGHT, DOWN, LEFT = 0, 1, 2, 3
 MOVES = {UP: (-1, 0), RIGHT: (0, 1), DOWN: (1, 0), LEFT: (0, -1)}
@@ -197,26 +198,13 @@ def _bfs_policy_table(free: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(best.reshape(-1))
 
 
-def _success_rate(env: FourRoomsEnv, policy) -> float:
-    """Fraction of first episodes (one per env) that reach the goal before the step limit."""
-    obs, _ = env.reset(seed=0)
-    ended = torch.zeros(env.num_envs, dtype=torch.bool)
-    success = torch.zeros(env.num_envs, dtype=torch.bool)
-    for _ in range(env.max_episode_steps):
-        obs, _, terminated, truncated, _ = env.step(policy(obs))
-        success |= terminated & ~ended
-        ended |= terminated | truncated
-    assert ended.all()
-    return success.float().mean().item()
-
-
 @pytest.mark.parametrize("random_goal", [False, True])
 def test_random_policy_rarely_succeeds_and_bfs_follower_always_does(random_goal, one_thread):
     n = 10_000
     # compile=False: 10k envs would be compiled by compile="auto" (seconds cold), which this test is not about
     env = FourRoomsEnv(num_envs=n, autoreset_mode="same_step", random_goal=random_goal, compile=False)
     gen = torch.Generator().manual_seed(0)
-    random_rate = _success_rate(env, lambda obs: torch.randint(0, 4, (n,), generator=gen))
+    random_rate = first_episode_success_rate(env, lambda obs: torch.randint(0, 4, (n,), generator=gen))
     table = _bfs_policy_table(four_rooms_free())
 
     def follower(obs):
@@ -225,7 +213,7 @@ def test_random_policy_rarely_succeeds_and_bfs_follower_always_does(random_goal,
         idx = (goal[:, 0] * 13 + goal[:, 1]) * 169 + cell[:, 0] * 13 + cell[:, 1]
         return table.index_select(0, idx)
 
-    scripted_rate = _success_rate(env, follower)
+    scripted_rate = first_episode_success_rate(env, follower)
     print(f"FourRooms random_goal={random_goal}: random {random_rate:.4f}, BFS follower {scripted_rate:.4f}")
     assert scripted_rate == 1.0
     if not random_goal:  # the default task

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from hrl_nested.graph_memory import graph_bytes
 from hrl_nested.hypergrad import HypergradResult, hypergrad
 
 # torch loads its forward-mode decompositions with torch.jit.script on the first jvp.
@@ -382,25 +383,6 @@ def test_cuda_matches_cpu(method, opts):
     torch.testing.assert_close(
         Quadratic.lam_of(r_gpu.grads).cpu(), Quadratic.lam_of(r_cpu.grads), rtol=1e-9, atol=1e-9
     )
-
-
-def graph_bytes(tensors) -> int:
-    """Bytes of the tensors saved in the autograd graph behind ``tensors`` (storages counted once)."""
-    seen, storages, stack = set(), {}, [t.grad_fn for t in tensors if t.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        for name in dir(node):
-            if name.startswith("_saved_"):
-                value = getattr(node, name)
-                for t in value if isinstance(value, (tuple, list)) else [value]:
-                    if isinstance(t, torch.Tensor):
-                        s = t.untyped_storage()
-                        storages[s.data_ptr()] = s.nbytes()
-        stack.extend(fn for fn, _ in node.next_functions)
-    return sum(storages.values())
 
 
 @pytest.mark.parametrize("method,opts", ALL[:4], ids=[m for m, _ in ALL[:4]])

@@ -50,6 +50,11 @@ def start():
     return {"w": torch.zeros(D, dtype=DT), "b": torch.zeros((), dtype=DT)}
 
 
+def at_log_reg(**kwargs):
+    """``hypergrad`` of the regularized logistic regression from `start` at ``LOG_REG``."""
+    return hypergrad(inner, outer, start(), {"log_reg": LOG_REG.clone()}, **kwargs)
+
+
 def solved_outer(log_reg: torch.Tensor) -> float:
     """F(w*(λ)) with w* from Newton's method (dense Hessian; test-only reference)."""
     theta = torch.zeros(D + 1, dtype=DT)
@@ -90,16 +95,7 @@ CASES = [
 
 @pytest.mark.parametrize("method,opts", CASES, ids=[f"{m}-{o.get('hvp', '')}" for m, o in CASES])
 def test_logistic_regression_matches_finite_differences(fd_solved, method, opts):
-    res = hypergrad(
-        inner,
-        outer,
-        start(),
-        {"log_reg": LOG_REG.clone()},
-        method=method,
-        inner_steps=250,
-        inner_lr=0.8,
-        **opts,
-    )
+    res = at_log_reg(method=method, inner_steps=250, inner_lr=0.8, **opts)
     assert fd_solved.abs().min() > 5e-4  # every coordinate carries signal (vs atol 1e-9)
     torch.testing.assert_close(res.grads["log_reg"], fd_solved, rtol=1e-6, atol=1e-9)
 
@@ -107,18 +103,7 @@ def test_logistic_regression_matches_finite_differences(fd_solved, method, opts)
 def test_es_on_logistic_regression_points_the_right_way(fd_solved):
     # Not quadratic: ES estimates the gradient of the Gaussian-smoothed loss (O(σ²) away), with
     # variance; a smoke check of direction and size, the exact checks are on the quadratic.
-    res = hypergrad(
-        inner,
-        outer,
-        start(),
-        {"log_reg": LOG_REG.clone()},
-        method="es",
-        inner_steps=30,
-        inner_lr=0.8,
-        samples=100,
-        sigma=0.1,
-        seed=0,
-    )
+    res = at_log_reg(method="es", inner_steps=30, inner_lr=0.8, samples=100, sigma=0.1, seed=0)
     g = res.grads["log_reg"]
     assert torch.nn.functional.cosine_similarity(g, fd_solved, dim=0) > 0.95
     assert 0.7 < g.norm() / fd_solved.norm() < 1.3
@@ -139,32 +124,14 @@ def adam_reference_outer(log_reg: torch.Tensor, K: int, lr: float) -> float:
 
 def test_adam_inner_optimizer_matches_finite_differences():
     K, lr = 15, 0.05
-    res = hypergrad(
-        inner,
-        outer,
-        start(),
-        {"log_reg": LOG_REG.clone()},
-        method="unrolled",
-        inner_steps=K,
-        inner_lr=lr,
-        inner_optimizer="adam",
-    )
+    res = at_log_reg(method="unrolled", inner_steps=K, inner_lr=lr, inner_optimizer="adam")
     fd = central_differences(lambda x: adam_reference_outer(x, K, lr), LOG_REG, step=1e-6)
     assert res.outer_loss.item() == pytest.approx(adam_reference_outer(LOG_REG, K, lr), abs=1e-12)
     assert fd.abs().min() > 1e-4
     torch.testing.assert_close(res.grads["log_reg"], fd, rtol=1e-5, atol=1e-9)
     # The same optimizer passed as an (init, update) pair gives the same hypergradient.
     pair = optim.adam(lr, eps_root=1e-16)
-    res2 = hypergrad(
-        inner,
-        outer,
-        start(),
-        {"log_reg": LOG_REG.clone()},
-        method="unrolled",
-        inner_steps=K,
-        inner_lr=lr,
-        inner_optimizer=pair,
-    )
+    res2 = at_log_reg(method="unrolled", inner_steps=K, inner_lr=lr, inner_optimizer=pair)
     torch.testing.assert_close(res2.grads["log_reg"], res.grads["log_reg"], rtol=0, atol=0)
 
 
@@ -196,29 +163,17 @@ def test_adam_through_an_idle_parameter_stays_finite():
         return outer(p, h) + p["idle"].sum()
 
     params = {**start(), "idle": torch.zeros(3, dtype=DT)}
-    res = hypergrad(
-        inner_idle,
-        outer_all,
-        params,
-        {"log_reg": LOG_REG.clone()},
-        method="unrolled",
-        inner_steps=5,
-        inner_lr=0.05,
-        inner_optimizer="adam",
-    )
+
+    def run(inner_optimizer):
+        hp = {"log_reg": LOG_REG.clone()}
+        kw = dict(method="unrolled", inner_steps=5, inner_lr=0.05, inner_optimizer=inner_optimizer)
+        return hypergrad(inner_idle, outer_all, params, hp, **kw)
+
+    res = run("adam")
     assert not res.nonfinite and torch.isfinite(res.grads["log_reg"]).all()
     # With eps_root = 0 the same run is NaN: why hypergrad's "adam" sets it.
     with pytest.raises(FloatingPointError, match="eps_root"):
-        hypergrad(
-            inner_idle,
-            outer_all,
-            params,
-            {"log_reg": LOG_REG.clone()},
-            method="unrolled",
-            inner_steps=5,
-            inner_lr=0.05,
-            inner_optimizer=optim.adam(0.05),
-        )
+        run(optim.adam(0.05))
 
 
 def test_sgd_momentum_pair_matches_finite_differences():
@@ -234,16 +189,7 @@ def test_sgd_momentum_pair_matches_finite_differences():
             opt.step()
         return outer({k: v.detach() for k, v in p.items()}, None).item()
 
-    res = hypergrad(
-        inner,
-        outer,
-        start(),
-        {"log_reg": LOG_REG.clone()},
-        method="unrolled",
-        inner_steps=K,
-        inner_lr=0.3,
-        inner_optimizer=pair,
-    )
+    res = at_log_reg(method="unrolled", inner_steps=K, inner_lr=0.3, inner_optimizer=pair)
     fd = central_differences(ref, LOG_REG, step=1e-6)
     torch.testing.assert_close(res.grads["log_reg"], fd, rtol=1e-6, atol=1e-9)
 

@@ -14,10 +14,12 @@ from hrl_nested import optim
 from hrl_nested.algos import nested_hrl
 from hrl_nested.algos import nested_parts as parts
 from hrl_nested.algos.nested_parts import reward_fn_for
-from hrl_nested.hierarchy import GoalBounds, Hierarchy
+from hrl_nested.hierarchy import GoalBounds
 from hrl_nested.hypergrad import hypergrad, run_inner
 from hrl_nested.nested_objective import PolicyBatch, ShapingBatch, clip_by_global_norm, make_inner_outer
 from hrl_nested.shaping import init_goal_shaping
+from tests._finite_differences import central_differences
+from tests._hierarchies import small_hierarchy
 
 D = torch.float64
 T, N, GAMMA = 4, 2, 0.9
@@ -31,17 +33,8 @@ def _problem(seed: int, minibatches, prox: float = 0.0):
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     bounds = GoalBounds(-torch.ones(2), torch.ones(2), "test")
-    h = Hierarchy(
-        gym.spaces.Box(-1, 1, (3,)),
-        gym.spaces.Discrete(3),
-        bounds,
-        num_subpolicies=2,
-        hidden=(5,),
-        relative_goals=False,
-        horizon=3,
-        tolerance=0.2,
-        norm_obs=False,
-        device=torch.device("cpu"),
+    h = small_hierarchy(
+        gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(3), bounds, hidden=(5,), tolerance=0.2
     )
     # larger than the init's 0.01 gain, so that the policy is far from uniform
     theta = {k: (v.to(D) + 0.4 * torch.randn(v.shape, generator=g, dtype=D)) for k, v in h.theta0.items()}
@@ -103,16 +96,7 @@ def _fd(io, theta, phi, opt, steps, h=1e-6):
             w, _ = run_inner(io.inner_loss, opt, theta, None, p, range(steps))
             return float(io.outer_loss(w, p))
 
-    out = {}
-    for name, v in phi.items():
-        grad = torch.zeros_like(v)
-        for i in range(v.numel()):
-            plus, minus = v.clone(), v.clone()
-            plus.view(-1)[i] += h
-            minus.view(-1)[i] -= h
-            grad.view(-1)[i] = (f({**phi, name: plus}) - f({**phi, name: minus})) / (2 * h)
-        out[name] = grad
-    return out
+    return central_differences(f, phi, h)
 
 
 _FIXED_MINIBATCHES = [torch.tensor([0, 3, 5, 6]), torch.tensor([1, 2, 4, 7])]

@@ -14,8 +14,9 @@ import torch
 import envs
 from hrl_nested.algos import Task, nested_hrl
 from hrl_nested.algos import nested_parts as parts
-from hrl_nested.hierarchy import Hierarchy, goal_bounds
+from hrl_nested.hierarchy import goal_bounds
 from hrl_nested.rollout import make_rollout
+from tests._hierarchies import small_hierarchy
 from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,18 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 def _setup(horizon: int, norm_obs: bool, num_envs: int = 4, num_steps: int = 8):
     torch.manual_seed(0)
     env = envs.make("hrl_nested/PointMaze-U-v0", num_envs, autoreset_mode="same_step", validate=False)
-    h = Hierarchy(
-        env.single_observation_space,
-        env.single_action_space,
-        goal_bounds(env.goal_space, 1.0, CPU),
-        num_subpolicies=2,
-        hidden=(8,),
-        relative_goals=False,
-        horizon=horizon,
-        tolerance=0.05,
-        norm_obs=norm_obs,
-        device=CPU,
-    )
+    spaces = env.single_observation_space, env.single_action_space, goal_bounds(env.goal_space, 1.0, CPU)
+    h = small_hierarchy(*spaces, horizon=horizon, norm_obs=norm_obs)
     cfg = nested_hrl.NestedHRLConfig(num_steps=num_steps, manager_epochs=2, manager_minibatches=2)
     collect = make_rollout(env, h.policy_fn(), num_steps, reset_carry=h.reset_carry)
     obs, _ = env.reset(seed=0)

@@ -10,11 +10,12 @@ import torch
 
 import envs
 from hrl_nested.distributions import Categorical
-from hrl_nested.hierarchy import Hierarchy, goal_bounds
+from hrl_nested.hierarchy import goal_bounds
 from hrl_nested.ppo_objective import PPOStats, normalize_advantages, ppo_objective
 from hrl_nested.rollout import make_rollout
 from hrl_nested.segments import segment_ends, smdp_gae, smdp_transitions
 from hrl_nested.shaping import fixed_shaping, goal_shaping, init_goal_shaping, potential
+from tests._hierarchies import small_hierarchy
 
 D = torch.float64
 
@@ -222,18 +223,8 @@ def test_rollout_carry_starts_a_segment_exactly_where_the_batch_says_one_ended_a
     torch.manual_seed(0)
     env = envs.make("hrl_nested/PointMaze-U-v0", 6, autoreset_mode="same_step", validate=False)
     goal = goal_bounds(env.goal_space, 1.0, torch.device("cpu"))
-    h = Hierarchy(
-        env.single_observation_space,
-        env.single_action_space,
-        goal,
-        num_subpolicies=2,
-        hidden=(16,),
-        relative_goals=True,
-        horizon=5,
-        tolerance=0.6,
-        norm_obs=True,
-        device=torch.device("cpu"),
-    )
+    spaces = env.single_observation_space, env.single_action_space, goal
+    h = small_hierarchy(*spaces, hidden=(16,), relative_goals=True, horizon=5, tolerance=0.6, norm_obs=True)
     collect = make_rollout(env, h.policy_fn(), 30, reset_carry=h.reset_carry)
     obs, _ = env.reset(seed=0)
     carry = h.initial_carry(obs)

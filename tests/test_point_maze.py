@@ -17,6 +17,7 @@ from envs.tasks.maze_layouts import (
     parse_maze_map,
 )
 from envs.tasks.point_maze import PointMazeEnv, PointMazeLargeEnv, PointMazeMediumEnv
+from tests._episodes import first_episode_success_rate
 
 CLASSES = [PointMazeEnv, PointMazeMediumEnv, PointMazeLargeEnv]
 
@@ -314,26 +315,14 @@ def _waypoint_follower(env, tables):
     return policy
 
 
-def _success_rate(env, policy) -> float:
-    obs, _ = env.reset(seed=0)
-    ended = torch.zeros(env.num_envs, dtype=torch.bool)
-    success = torch.zeros(env.num_envs, dtype=torch.bool)
-    for _ in range(env.max_episode_steps):
-        obs, _, terminated, truncated, _ = env.step(policy(obs))
-        success |= terminated & ~ended
-        ended |= terminated | truncated
-    assert ended.all()
-    return success.float().mean().item()
-
-
 @pytest.mark.parametrize("cls", CLASSES)
 def test_random_policy_rarely_succeeds_and_waypoint_follower_always_does(cls, one_thread):
     n = 10_000
     # compile=False: 10k envs would be compiled by compile="auto" (seconds cold), which this test is not about
     env = cls(num_envs=n, autoreset_mode="same_step", compile=False)
     gen = torch.Generator().manual_seed(0)
-    random_rate = _success_rate(env, lambda obs: torch.rand(n, 2, generator=gen) * 2 - 1)
-    scripted_rate = _success_rate(env, _waypoint_follower(env, _distance_tables(env)))
+    random_rate = first_episode_success_rate(env, lambda obs: torch.rand(n, 2, generator=gen) * 2 - 1)
+    scripted_rate = first_episode_success_rate(env, _waypoint_follower(env, _distance_tables(env)))
     # The follower also copes with random starts and goals anywhere, off-centre by up to 0.25.
     hard = cls(
         num_envs=n,
@@ -343,7 +332,7 @@ def test_random_policy_rarely_succeeds_and_waypoint_follower_always_does(cls, on
         position_noise=0.25,
         compile=False,
     )
-    hard_rate = _success_rate(hard, _waypoint_follower(hard, _distance_tables(hard)))
+    hard_rate = first_episode_success_rate(hard, _waypoint_follower(hard, _distance_tables(hard)))
     print(
         f"{cls.__name__}: random {random_rate:.4f}, follower {scripted_rate:.4f}, "
         f"random start/goal {hard_rate:.4f}"

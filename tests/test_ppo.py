@@ -15,6 +15,7 @@ from hrl_nested.algos.ppo import PPOConfig, evaluate, train
 from hrl_nested.networks import ActorCritic
 from hrl_nested.obs_norm import ObsNormalizer, RunningMeanStd
 from hrl_nested.tracking import Run, read_metrics
+from tests._ppo_runs import crash_after_iteration, ppo_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
@@ -24,18 +25,7 @@ _TIMING = {"wall_s", "sps", "eval_s"}
 
 
 def _run(run_dir, task, resume=False, **kwargs):
-    return Run(
-        run_dir,
-        config={},
-        algo="ppo",
-        env=task.env,
-        seed=task.seed,
-        total_steps=task.total_steps,
-        resume=resume,
-        progress=False,
-        checkpoint_every_s=0.0,
-        **kwargs,
-    )
+    return ppo_run(run_dir, task, resume, checkpoint_every_s=0.0, **kwargs)
 
 
 def test_ppo_solves_cartpole():
@@ -61,15 +51,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
 
     # Crash right after the 4th iteration's metrics row, before its checkpoint is written: the
     # checkpoint on disk is the 3rd iteration's, and metrics.jsonl has one row too many.
-    real_log = Run.log
-
-    def crashing_log(self, row):
-        out = real_log(self, row)
-        if out["iteration"] == 4:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(Run, "log", crashing_log)
+    real_log = crash_after_iteration(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt), _run(tmp_path / "crashed", task) as run:
         train(task, cfg, run)
     assert len(read_metrics(tmp_path / "crashed" / "metrics.jsonl")) == 4
@@ -106,11 +88,14 @@ def test_stop_at_return_stops_early():
     assert summary["time_to_solve_s"] > 0
 
 
-class _Corridor(TorchVectorEnv):
-    """A goal env: walk right (action 1) three times to reach the goal; max 5 steps."""
+class _LineGoalEnv(TorchVectorEnv):
+    """A goal env on a line: position, achieved and desired goal in ``[low, 10]``, actions 0 / 1, at most
+    5 steps."""
+
+    low = 0.0
 
     def __init__(self, num_envs=1, *, device="cpu", autoreset_mode="next_step", validate=True, **kw):
-        box = gym.spaces.Box(0.0, 10.0, (1,), np.float32)
+        box = gym.spaces.Box(self.low, 10.0, (1,), np.float32)
         super().__init__(
             num_envs,
             single_observation_space=gym.spaces.Dict(
@@ -122,6 +107,10 @@ class _Corridor(TorchVectorEnv):
             autoreset_mode=autoreset_mode,
             validate=validate,
         )
+
+
+class _Corridor(_LineGoalEnv):
+    """A goal env: walk right (action 1) three times to reach the goal; max 5 steps."""
 
     def _sample_reset(self, draw: Draw):
         return {"state": torch.zeros(self.num_envs, 1, device=self.device)}
@@ -160,7 +149,7 @@ def test_evaluate_counts_one_episode_per_env_on_cartpole():
     assert 8 <= out["eval_return_mean"] <= 500 and out["eval_return_mean"] == out["eval_length_mean"]
 
 
-class _GoalLine(TorchVectorEnv):
+class _GoalLine(_LineGoalEnv):
     """A goal env where the way to go depends on the goal: env ``i`` starts at ``x0`` and must reach ``g``,
     ``(x0, g) = PAIRS[i % 8]``, by steps of -1 / +1 (actions 0 / 1) within 5 steps; reaching it gives
     reward 1 and terminates. Positions 0, +-2 and +-3 each need opposite directions for different
@@ -168,20 +157,7 @@ class _GoalLine(TorchVectorEnv):
     the 8, and a uniformly random one 7/32 of episodes."""
 
     PAIRS = ((0, 3), (0, -3), (5, 2), (-5, -2), (2, 5), (-2, -5), (3, 0), (-3, 0))
-
-    def __init__(self, num_envs=1, *, device="cpu", autoreset_mode="next_step", validate=True, **kw):
-        box = gym.spaces.Box(-10.0, 10.0, (1,), np.float32)
-        super().__init__(
-            num_envs,
-            single_observation_space=gym.spaces.Dict(
-                {"observation": box, "achieved_goal": box, "desired_goal": box}
-            ),
-            single_action_space=gym.spaces.Discrete(2),
-            max_episode_steps=5,
-            device=device,
-            autoreset_mode=autoreset_mode,
-            validate=validate,
-        )
+    low = -10.0
 
     def _sample_reset(self, draw: Draw):
         pairs = torch.tensor(self.PAIRS, dtype=torch.float32, device=self.device)

@@ -358,10 +358,13 @@ def test_gae_wiring_check_catches_bootstrapping_from_the_current_value(monkeypat
 
 
 # ------------------------------------------------------------------------------ PPO's objective
-def _minibatch(agent: ActorCritic, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """A float64 minibatch whose old log-probs sit near the current ones, so some ratios clip."""
+def _minibatch(
+    agent: ActorCritic, size: int, generator: torch.Generator, num_actions: int = 2, adv_mean: float = 1.5
+) -> dict[str, torch.Tensor]:
+    """A float64 minibatch (4-dim observations, ``num_actions`` discrete actions) whose old log-probs sit
+    near the current ones, so some ratios clip; advantages ``~ N(adv_mean, 2^2)``."""
     obs = torch.randn(size, 4, generator=generator, dtype=torch.float64)
-    actions = torch.randint(0, 2, (size,), generator=generator)
+    actions = torch.randint(0, num_actions, (size,), generator=generator)
     with torch.no_grad():
         dist_params, _ = agent(obs)
         logp = agent.distribution(dist_params).log_prob(actions)
@@ -370,7 +373,7 @@ def _minibatch(agent: ActorCritic, size: int, generator: torch.Generator) -> dic
         "actions": actions,
         "logprobs": logp + 0.3 * torch.randn(size, generator=generator, dtype=torch.float64),
         "values": torch.randn(size, generator=generator, dtype=torch.float64),
-        "advantages": 2.0 * torch.randn(size, generator=generator, dtype=torch.float64) + 1.5,
+        "advantages": 2.0 * torch.randn(size, generator=generator, dtype=torch.float64) + adv_mean,
         "returns": torch.randn(size, generator=generator, dtype=torch.float64),
     }
 

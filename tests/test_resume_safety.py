@@ -12,7 +12,8 @@ import torch
 
 from hrl_nested.algos import Task
 from hrl_nested.algos.ppo import PPOConfig, train
-from hrl_nested.tracking import CheckpointError, Run, load_checkpoint, save_checkpoint
+from hrl_nested.tracking import CheckpointError, load_checkpoint, save_checkpoint
+from tests._ppo_runs import ppo_run
 from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,16 +91,7 @@ def test_a_checkpoint_missing_a_key_is_named(main, tmp_path, capsys):
 
 
 def _run(run_dir, task, resume=False, config=None):
-    return Run(
-        run_dir,
-        config=config or {"hidden": "as saved"},
-        algo="ppo",
-        env=task.env,
-        seed=task.seed,
-        total_steps=task.total_steps,
-        resume=resume,
-        progress=False,
-    )
+    return ppo_run(run_dir, task, resume, config=config or {"hidden": "as saved"})
 
 
 def test_a_checkpoint_that_does_not_fit_changes_nothing(tmp_path):

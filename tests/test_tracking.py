@@ -254,6 +254,12 @@ class _FakeRun:
         self.finished = True
 
 
+def _tiny_run(run_dir, config, *, wandb_mode):
+    """A quiet ten-step PPO `Run` on env ``"E"`` logging to W&B in ``wandb_mode``."""
+    fixed = {"algo": "ppo", "env": "E", "seed": 0, "total_steps": 10, "progress": False}
+    return Run(run_dir, config=config, wandb_mode=wandb_mode, **fixed)
+
+
 def _fake_wandb(monkeypatch, *, online_fails=False, fail_log_at=None):
     """A stand-in ``wandb`` module recording every ``init`` call."""
     calls: list[dict] = []
@@ -294,16 +300,7 @@ def test_unreachable_server_falls_back_to_offline(monkeypatch, no_wandb_key, tmp
 
 def test_wandb_failing_mid_run_does_not_stop_the_local_files(monkeypatch, no_wandb_key, tmp_path, capsys):
     _, runs = _fake_wandb(monkeypatch, fail_log_at=2)
-    run = Run(
-        tmp_path / "run",
-        config={"a": 1},
-        algo="ppo",
-        env="E",
-        seed=0,
-        total_steps=10,
-        wandb_mode="offline",
-        progress=False,
-    )
+    run = _tiny_run(tmp_path / "run", {"a": 1}, wandb_mode="offline")
     for step in range(1, 6):
         run.log({"env_steps": step, "loss": 0.5})
     run.finish({"eval_return_mean": 3.0})
@@ -320,16 +317,7 @@ def test_offline_mode_writes_wandb_files(monkeypatch, no_wandb_key, tmp_path):
     wandb_dir = tmp_path / "wandb_dir"
     monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run = Run(
-        tmp_path / "run",
-        config={"lr": 0.1},
-        algo="ppo",
-        env="E",
-        seed=0,
-        total_steps=10,
-        wandb_mode="online",
-        progress=False,  # no key: falls back to offline
-    )
+    run = _tiny_run(tmp_path / "run", {"lr": 0.1}, wandb_mode="online")  # no key: falls back to offline
     assert run.wandb.mode == "offline"
     run.log({"env_steps": 5, "loss": 0.5})
     run.finish({"eval_return_mean": 1.0})

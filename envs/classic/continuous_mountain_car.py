@@ -15,18 +15,14 @@ Gymnasium's storage, float64 mode keeps the extra precision (no rounding to floa
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.classic.mountain_car import draw_mountain_car
-from envs.core import Draw, TorchVectorEnv
-from envs.options import EnvOptions, Unpack, numpy_dtype
+from envs.classic.mountain_car import MountainCarBase
 
 
-class MountainCarContinuousEnv(TorchVectorEnv):
+class MountainCarContinuousEnv(MountainCarBase):
     """Batched MountainCarContinuous-v0 (``hrl_nested/MountainCarContinuous-v0``).
 
     Actions outside ``[-1, 1]`` are valid (``clip_actions``): clipped for the force (as Gymnasium
@@ -47,34 +43,16 @@ class MountainCarContinuousEnv(TorchVectorEnv):
     torch.Size([4])
     """
 
-    metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 30}
     default_max_episode_steps = 999
     min_action = -1.0
     max_action = 1.0
-    min_position = -1.2
-    max_position = 0.6
-    max_speed = 0.07
     goal_position = 0.45  # 0.5 in the discrete task
     power = 0.0015
     clip_actions = True
     neutral_action = 0.0  # no force
 
-    def __init__(self, num_envs: int = 1, *, goal_velocity: float = 0.0, **options: Unpack[EnvOptions]):
-        opts = self.resolve_options(options)
-        self.goal_velocity = float(goal_velocity)
-        np_dtype = numpy_dtype(opts["dtype"])
-        low = np.array([self.min_position, -self.max_speed], dtype=np_dtype)
-        high = np.array([self.max_position, self.max_speed], dtype=np_dtype)
-        super().__init__(
-            num_envs,
-            single_observation_space=gym.spaces.Box(low, high, dtype=np_dtype),
-            single_action_space=gym.spaces.Box(self.min_action, self.max_action, (1,), dtype=np_dtype),
-            **opts,
-        )
-
-    def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
-        position = draw.uniform(1, -0.6, -0.4)
-        return {"state": torch.cat((position, torch.zeros_like(position)), -1)}
+    def _action_space(self, np_dtype: np.dtype) -> gym.Space:
+        return gym.spaces.Box(self.min_action, self.max_action, (1,), dtype=np_dtype)
 
     def _transition(self, vars, action, draw):
         position, velocity = vars["state"].unbind(-1)
@@ -87,14 +65,3 @@ class MountainCarContinuousEnv(TorchVectorEnv):
         terminated = (position >= self.goal_position) & (velocity >= self.goal_velocity)
         reward = torch.where(terminated, 100.0, 0.0).to(position.dtype) - a.square() * 0.1
         return {"state": torch.stack((position, velocity), -1)}, reward, terminated
-
-    def _observe(self, vars):
-        return vars["state"].clone()
-
-    def _render_frame(self, env_index: int, v: dict[str, np.ndarray]) -> np.ndarray:
-        """Gymnasium's MountainCar picture (600 x 400): hill, car at ``position``, flag at the goal."""
-        pos = float(v["state"][0])
-        return draw_mountain_car(pos, self.min_position, self.max_position, self.goal_position)
-
-    def _vars_from_obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
-        return {"state": obs}

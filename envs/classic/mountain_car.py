@@ -23,7 +23,58 @@ from envs.options import EnvOptions, Unpack, numpy_dtype
 from envs.render import Canvas, rotate
 
 
-class MountainCarEnv(TorchVectorEnv):
+class MountainCarBase(TorchVectorEnv):
+    """The hill both MountainCar tasks share: state, reset, observation and picture.
+
+    The state row is ``(position, velocity)``; reset draws ``position ~ U(-0.6, -0.4)`` with velocity 0;
+    the observation is the state. A subclass sets ``goal_position``, ``default_max_episode_steps``, its
+    action space (`_action_space`) and its `_transition`.
+
+    Args:
+        num_envs: batch size.
+        goal_velocity: the velocity the car must also reach at the goal (Gymnasium's option).
+        **options: the options every env takes (time limit, device, dtype, ...): `envs.options.EnvOptions`.
+    """
+
+    metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 30}
+    min_position = -1.2
+    max_position = 0.6
+    max_speed = 0.07
+    goal_position: float
+
+    def __init__(self, num_envs: int = 1, *, goal_velocity: float = 0.0, **options: Unpack[EnvOptions]):
+        opts = self.resolve_options(options)
+        self.goal_velocity = float(goal_velocity)
+        np_dtype = numpy_dtype(opts["dtype"])
+        low = np.array([self.min_position, -self.max_speed], dtype=np_dtype)
+        high = np.array([self.max_position, self.max_speed], dtype=np_dtype)
+        super().__init__(
+            num_envs,
+            single_observation_space=gym.spaces.Box(low, high, dtype=np_dtype),
+            single_action_space=self._action_space(np_dtype),
+            **opts,
+        )
+
+    def _action_space(self, np_dtype: np.dtype) -> gym.Space:
+        raise NotImplementedError
+
+    def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
+        position = draw.uniform(1, -0.6, -0.4)
+        return {"state": torch.cat((position, torch.zeros_like(position)), -1)}
+
+    def _observe(self, vars):
+        return vars["state"].clone()
+
+    def _render_frame(self, env_index: int, v: dict[str, np.ndarray]) -> np.ndarray:
+        """Gymnasium's MountainCar picture (600 x 400): hill, car at ``position``, flag at the goal."""
+        pos = float(v["state"][0])
+        return draw_mountain_car(pos, self.min_position, self.max_position, self.goal_position)
+
+    def _vars_from_obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        return {"state": obs}
+
+
+class MountainCarEnv(MountainCarBase):
     """Batched MountainCar-v0 (``hrl_nested/MountainCar-v0``).
 
     Actions: 0 push left, 1 no push (``neutral_action``), 2 push right. Gymnasium asserts an action in
@@ -41,32 +92,14 @@ class MountainCarEnv(TorchVectorEnv):
     torch.Size([4, 2])
     """
 
-    metadata: dict[str, Any] = {**TorchVectorEnv.metadata, "render_modes": ["rgb_array"], "render_fps": 30}
     default_max_episode_steps = 200
-    min_position = -1.2
-    max_position = 0.6
-    max_speed = 0.07
     goal_position = 0.5
     force = 0.001
     gravity = 0.0025
     neutral_action = 1  # no push
 
-    def __init__(self, num_envs: int = 1, *, goal_velocity: float = 0.0, **options: Unpack[EnvOptions]):
-        opts = self.resolve_options(options)
-        self.goal_velocity = float(goal_velocity)
-        np_dtype = numpy_dtype(opts["dtype"])
-        low = np.array([self.min_position, -self.max_speed], dtype=np_dtype)
-        high = np.array([self.max_position, self.max_speed], dtype=np_dtype)
-        super().__init__(
-            num_envs,
-            single_observation_space=gym.spaces.Box(low, high, dtype=np_dtype),
-            single_action_space=gym.spaces.Discrete(3),
-            **opts,
-        )
-
-    def _sample_reset(self, draw: Draw) -> dict[str, torch.Tensor]:
-        position = draw.uniform(1, -0.6, -0.4)
-        return {"state": torch.cat((position, torch.zeros_like(position)), -1)}
+    def _action_space(self, np_dtype: np.dtype) -> gym.Space:
+        return gym.spaces.Discrete(3)
 
     def _transition(self, vars, action, draw):
         position, velocity = vars["state"].unbind(-1)
@@ -80,17 +113,6 @@ class MountainCarEnv(TorchVectorEnv):
         terminated = (position >= self.goal_position) & (velocity >= self.goal_velocity)
         reward = torch.full_like(position, -1.0)
         return {"state": torch.stack((position, velocity), -1)}, reward, terminated
-
-    def _observe(self, vars):
-        return vars["state"].clone()
-
-    def _render_frame(self, env_index: int, v: dict[str, np.ndarray]) -> np.ndarray:
-        """Gymnasium's MountainCar picture (600 x 400): hill, car at ``position``, flag at the goal."""
-        pos = float(v["state"][0])
-        return draw_mountain_car(pos, self.min_position, self.max_position, self.goal_position)
-
-    def _vars_from_obs(self, obs: np.ndarray) -> dict[str, np.ndarray]:
-        return {"state": obs}
 
 
 def _height(xs: np.ndarray | float) -> np.ndarray | float:

@@ -32,7 +32,7 @@ import torch
 
 import envs
 from envs.core import EnvState
-from hrl_nested import optim
+from hrl_nested import distributed, optim
 from hrl_nested.algos import (
     ConfigError,
     Task,
@@ -63,6 +63,8 @@ from hrl_nested.tracking import Run, checkpoint_fits, require_keys, reset_for_re
 from hrl_nested.video import VideoCapture, eval_env_kwargs
 
 HYPERGRADS = ("unrolled", "truncated", "cg", "neumann", "es")
+OUTER_BATCHES = ("same", "next")
+IMPLICIT_PROX = 1.0  # cg and neumann's default proximal weight (MetaFields.prox)
 SHAPINGS = ("goal", "scalar")
 
 
@@ -201,9 +203,11 @@ class MetaFields:
     """``es``: antithetic pairs per estimate."""
     es_sigma: float = 0.01
     """``es``: perturbation scale of φ."""
-    prox: float = 0.0
+    prox: float | None = None
     """λ of the proximal term ``λ/2 ||θ - θ_start||²`` in the inner loss (for cg: exactly damping λ); keeps
-    the implicit system well-posed. 0: off."""
+    the implicit system well-posed. 0: off. None: 1.0 for cg and neumann, 0 for the others (measured on
+    FourRooms: with λ = 0, cg met non-positive curvature at its first iteration on most early iterations and
+    returned a zero hypergradient, live cosine to unrolled 0.33; with λ = 1, 0.999)."""
     phi_lr: float = 1e-3
     """Learning rate of the outer Adam on φ."""
     phi_every: int = 1
@@ -220,6 +224,17 @@ class MetaFields:
     check_every: int = 0
     """Every this many iterations, log the cosine between the estimator and the exact unrolled
     hypergradient of the same batch (against es for ``unrolled``) as ``hypergrad_cosine``; 0: never."""
+    outer_batch: Literal["same", "next"] = "same"
+    """The batch of the outer loss ``-J_ext(θ')``: ``same``, the batch the inner steps trained on (LIRPG);
+    ``next``, the next rollout, collected by θ' itself (online cross-validation, Xu et al. 2018): iteration
+    k's inner steps are recomputed from their saved start when batch k+1 arrives, and differentiated back
+    to φ (the first iteration has no hypergradient yet)."""
+
+    def resolved_prox(self) -> float:
+        """The proximal weight λ in use: `prox`, or its method default when `prox` is None."""
+        if self.prox is not None:
+            return float(self.prox)
+        return IMPLICIT_PROX if self.hypergrad in ("cg", "neumann") else 0.0
 
     def _validate_meta(self, sec: dict[str, str]) -> None:
         check(
@@ -233,7 +248,15 @@ class MetaFields:
             positive_int(getattr(self, name), name, **sec)
         positive_int(self.check_every, "check_every", minimum=0, **sec)
         finite_float(self.cg_tol, "cg_tol", low=0.0, **sec)
-        finite_float(self.prox, "prox", low=0.0, **sec)
+        check(
+            self.outer_batch in OUTER_BATCHES,
+            "outer_batch",
+            f"one of {', '.join(OUTER_BATCHES)}",
+            self.outer_batch,
+            **sec,
+        )
+        if self.prox is not None:
+            finite_float(self.prox, "prox", low=0.0, **sec)
         for name in ("es_sigma", "phi_lr", "hypergrad_max_norm"):
             finite_float(getattr(self, name), name, low=0.0, low_open=True, **sec)
         if self.neumann_alpha is not None:
@@ -298,6 +321,7 @@ def run_nested(
     """
     task.validate()
     cfg.validate(task)
+    distributed.require_one_process(algo, "its hypergradients (a double backward) are not all-reduced yet")
     learn_phi = shaping != "fixed"
     if run is None:
         run = Run(None, config={}, algo=algo, env=task.env, seed=task.seed, total_steps=0, progress=False)
@@ -332,6 +356,8 @@ def run_nested(
     run.start()
     env_steps, obs, carry = loop.env_steps, loop.obs, loop.carry
     last_eval, outer_skipped, mgr_rows = loop.last_eval, loop.outer_skipped, loop.mgr_rows
+    pending = loop.pending  # outer_batch="next": the last φ iteration's inner update, awaiting this batch
+    next_batch = learn_phi and cfg.outer_batch == "next"
     alpha_checked = False
 
     for iteration in range(loop.iteration, num_iterations):
@@ -349,26 +375,45 @@ def run_nested(
         prep = parts.prepare(h, batch, carry_in, stats, cfg, shaping)
         if prep.open_return is not None:  # the learner keeps the open segments' running return
             carry = {**carry, "seg_return": prep.open_return}
-        if h.rms is not None:  # after the batch is prepared with the stats its rollout used
-            h.rms.update(batch.obs)
+        if h.obs_normalizer is not None:  # after the batch is prepared with the stats its rollout used
+            h.obs_normalizer.update(batch.obs)
 
         # ---- inner steps of θ on φ-shaped advantages; φ by the hypergradient every phi_every iterations
         row: dict[str, Any] = {}
-        io = make_inner_outer(
-            h.sub_dist,
-            prep.sb,
-            prep.pb,
-            _minibatches(batch_size, cfg, device),
-            reward_fn,
-            theta_start=learner.theta,
-            gamma=cfg.gamma,
-            gae_lambda=cfg.gae_lambda,
-            clip_coef=cfg.clip_coef,
-            ent_coef=cfg.ent_coef,
-            norm_adv=cfg.norm_adv,
-            prox=getattr(cfg, "prox", 0.0),
-        )
-        if learn_phi and iteration % cfg.phi_every == 0:
+        minibatches = _minibatches(batch_size, cfg, device)
+        io = _inner_outer(h, prep.sb, prep.pb, minibatches, reward_fn, learner.theta, cfg)
+        if next_batch:  # online cross-validation: the previous inner update is judged on this batch
+            if pending is not None:
+                checked = cfg.check_every > 0 and iteration % cfg.check_every == 0
+                out = _next_outer_step(
+                    pending,
+                    io,
+                    learner,
+                    (h, reward_fn, inner_opt, outer_opt),
+                    cfg,
+                    task.seed,
+                    iteration,
+                    checked=checked,
+                    check_alpha=checked or not alpha_checked,
+                )
+                alpha_checked = True
+                timer.mark("hypergrad")
+                if out.cosine is not None:
+                    row["hypergrad_cosine"] = out.cosine
+                if out.ok:  # θ' is already in use (it collected this batch): only φ moves
+                    learner = learner._replace(phi=out.learner.phi, outer_state=out.learner.outer_state)
+                else:
+                    outer_skipped += 1
+                row["hypergrad_norm"] = out.norm
+            start = learner
+            learner = _plain_inner(io, learner, inner_opt, cfg)
+            timer.mark("inner")
+            pending = None
+            if iteration % cfg.phi_every == 0:
+                pending = parts.PendingOuter(
+                    prep.sb, prep.pb, minibatches, start.theta, start.inner_state, cfg.n_inner
+                )
+        elif learn_phi and iteration % cfg.phi_every == 0:
             checked = cfg.check_every > 0 and iteration % cfg.check_every == 0
             out = _outer_step(
                 io,
@@ -424,7 +469,9 @@ def run_nested(
             host.update(last_eval, eval_s=time.perf_counter() - t_eval)
         run.log(host)
         if run.checkpoint_due() or last:
-            loop = parts.LoopState(iteration + 1, env_steps, obs, carry, last_eval, outer_skipped, mgr_rows)
+            loop = parts.LoopState(
+                iteration + 1, env_steps, obs, carry, last_eval, outer_skipped, mgr_rows, pending
+            )
             run.save_checkpoint(_checkpoint(loop, learner, h, critic_opt, mgr_opt, env, collect))
 
     summary = {
@@ -432,6 +479,8 @@ def run_nested(
         **last_eval,
         "outer_skipped": outer_skipped,
     }
+    if hasattr(cfg, "resolved_prox"):  # the λ in use (config.json holds None for the method default)
+        summary["prox"] = cfg.resolved_prox()
     if h.goal is not None:
         summary["goal_bounds"] = h.goal.source
     return run.finish(summary)
@@ -460,6 +509,7 @@ def _resume(run: Run, task: Task, h: Hierarchy, env, collect, critic_opt, mgr_op
             dict(st.get("last_eval") or {}),
             int(st["outer_skipped"]),
             [_to(r, device) for r in st["mgr_rows"]],
+            parts.pending_from_dict(st.get("outer_pending"), device),
         )
     return loop, learner
 
@@ -505,6 +555,24 @@ def _init_phi(h: Hierarchy, cfg, shaping: str, device) -> dict[str, torch.Tensor
     return phi
 
 
+def _inner_outer(h: Hierarchy, sb, pb, minibatches, reward_fn, theta_start, cfg):
+    """The iteration's `make_inner_outer` problem with the config's PPO and proximal settings."""
+    return make_inner_outer(
+        h.sub_dist,
+        sb,
+        pb,
+        minibatches,
+        reward_fn,
+        theta_start=theta_start,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        clip_coef=cfg.clip_coef,
+        ent_coef=cfg.ent_coef,
+        norm_adv=cfg.norm_adv,
+        prox=cfg.resolved_prox() if hasattr(cfg, "resolved_prox") else 0.0,  # hrl: no φ, no prox
+    )
+
+
 def _minibatches(batch_size: int, cfg, device) -> list[torch.Tensor]:
     """The row indices of each inner step, drawn here, outside the loss (fresh permutation per pass)."""
     mb = batch_size // cfg.num_minibatches
@@ -545,16 +613,26 @@ class OuterStep(NamedTuple):
 
 
 def _outer_step(
-    io, learner, inner_opt, outer_opt, cfg, seed: int, iteration: int, *, check_alpha: bool
+    io,
+    learner,
+    inner_opt,
+    outer_opt,
+    cfg,
+    seed: int,
+    iteration: int,
+    *,
+    check_alpha: bool,
+    inner_steps: int | None = None,
 ) -> OuterStep:
-    """``n_inner`` inner steps and one outer Adam step on φ with the estimator's hypergradient; with
-    ``check_alpha`` (neumann), first check that the series converges (`_check_neumann_alpha`)."""
+    """``n_inner`` inner steps (``inner_steps`` if given) and one outer Adam step on φ with the
+    estimator's hypergradient; with ``check_alpha`` (neumann), first check that the series converges
+    (`_check_neumann_alpha`)."""
     method = cfg.hypergrad
     opts = _method_options(cfg, method, seed * 1_000_003 + iteration)
     if method in ("cg", "neumann"):
         opts["stationary_loss"] = io.stationary_loss
         if method == "neumann" and check_alpha:
-            _check_neumann_alpha(io, learner.theta, learner.phi, opts["alpha"], cfg.prox)
+            _check_neumann_alpha(io, learner.theta, learner.phi, opts["alpha"], cfg.resolved_prox())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonFiniteHypergradWarning)  # counted as outer_skipped instead
         res = hypergrad(
@@ -563,7 +641,7 @@ def _outer_step(
             learner.theta,
             learner.phi,
             method=method,
-            inner_steps=cfg.n_inner,
+            inner_steps=cfg.n_inner if inner_steps is None else inner_steps,
             opt_state=learner.inner_state,
             on_nonfinite="zero",
             max_norm=cfg.hypergrad_max_norm,
@@ -578,6 +656,61 @@ def _outer_step(
     return OuterStep(
         True, parts.LearnerState(res.params, res.opt_state, phi, outer_state), res.grad_norm, res.grads
     )
+
+
+class NextOuterStep(NamedTuple):
+    """`_next_outer_step`'s result: `OuterStep`'s fields and the live check's cosine (None unless checked)."""
+
+    ok: bool
+    learner: parts.LearnerState
+    norm: torch.Tensor
+    grads: dict[str, torch.Tensor]
+    cosine: torch.Tensor | None
+
+
+def _next_outer_step(
+    pending: parts.PendingOuter,
+    io,
+    learner: parts.LearnerState,
+    pieces,
+    cfg,
+    seed: int,
+    iteration: int,
+    *,
+    checked: bool,
+    check_alpha: bool,
+) -> NextOuterStep:
+    """φ's step with the outer loss on the *next* batch (``outer_batch="next"``).
+
+    The inner problem is the pending iteration's (its batch, minibatches, prox centre θ_start), the outer
+    loss is ``io``'s: ``-mean(π_θ'/π_behaviour · A_ext)`` on the batch θ' itself collected, so the ratio
+    is 1 at θ' but its gradient is not zero. unrolled, truncated and es recompute the pending inner steps
+    from the saved θ_start and optimizer state (recomputation: no graph is kept across iterations);
+    cg and neumann need only θ', which ``learner`` holds, and take the implicit gradient there
+    (0 inner steps). ``pieces``: ``(hierarchy, reward_fn, inner_opt, outer_opt)``.
+    """
+    h, reward_fn, inner_opt, outer_opt = pieces
+    # the pending update's own step count (a resumed run may have changed n_inner since)
+    cfg = dataclasses.replace(cfg, n_inner=pending.inner_steps)
+    prev = _inner_outer(h, pending.sb, pending.pb, pending.minibatches, reward_fn, pending.theta_start, cfg)
+    problem = prev._replace(outer_loss=io.outer_loss)
+    start = learner._replace(theta=pending.theta_start, inner_state=pending.inner_state)
+    implicit = cfg.hypergrad in ("cg", "neumann")
+    out = _outer_step(
+        problem,
+        learner if implicit else start,
+        inner_opt,
+        outer_opt,
+        cfg,
+        seed,
+        iteration,
+        check_alpha=check_alpha,
+        inner_steps=0 if implicit else None,
+    )
+    cosine = None
+    if checked:
+        cosine = _live_check(problem, start, out.grads, inner_opt, cfg, seed + iteration)
+    return NextOuterStep(*out, cosine)
 
 
 def _plain_inner(io, learner, inner_opt, cfg) -> parts.LearnerState:

@@ -366,6 +366,49 @@ class LoopState(NamedTuple):
     last_eval: dict[str, float]
     outer_skipped: int
     mgr_rows: list[dict[str, torch.Tensor]]
+    pending: PendingOuter | None = None
+
+
+class PendingOuter(NamedTuple):
+    """An inner update whose outer loss is still to come (``outer_batch="next"``, online cross-validation
+    as in Xu et al. 2018): the batch it trained on, its minibatch indices, and the θ and inner optimizer
+    state it started from. When the next rollout (collected by the updated θ') arrives, its hypergradient
+    is computed by *recomputing* these inner steps (no graph is kept across iterations)."""
+
+    sb: ShapingBatch
+    pb: PolicyBatch
+    minibatches: list[torch.Tensor]
+    theta_start: dict[str, torch.Tensor]
+    inner_state: Any
+    inner_steps: int
+
+
+def pending_to_dict(p: PendingOuter | None) -> dict[str, Any] | None:
+    """A `PendingOuter` as plain dicts, lists and tuples (the checkpoint loads with ``weights_only=True``)."""
+    if p is None:
+        return None
+    return {
+        "sb": p.sb._asdict(),
+        "pb": p.pb._asdict(),
+        "minibatches": list(p.minibatches),
+        "theta_start": p.theta_start,
+        "inner_state": opt_state_to_dict(p.inner_state),
+        "inner_steps": p.inner_steps,
+    }
+
+
+def pending_from_dict(d: dict[str, Any] | None, device) -> PendingOuter | None:
+    """The inverse of `pending_to_dict`, on ``device`` (None stays None: a checkpoint of a ``same`` run)."""
+    if d is None:
+        return None
+    return PendingOuter(
+        ShapingBatch(**_to(d["sb"], device)),
+        PolicyBatch(**_to(d["pb"], device)),
+        _to(d["minibatches"], device),
+        _to(d["theta_start"], device),
+        opt_state_from_dict(d["inner_state"], device),
+        int(d["inner_steps"]),
+    )
 
 
 def _checkpoint(
@@ -383,7 +426,7 @@ def _checkpoint(
         "critic_opt": critic_opt.state_dict(),
         "manager": None if h.manager is None else h.manager.state_dict(),
         "manager_opt": None if mgr_opt is None else mgr_opt.state_dict(),
-        "obs_norm": None if h.rms is None else h.rms.state_dict(),
+        "obs_norm": None if h.obs_normalizer is None else h.obs_normalizer.state_dict(),
         "env": dataclasses.asdict(env.get_state()) if has_state else None,
         "obs": loop.obs if has_state else None,
         "carry": loop.carry if has_state else None,
@@ -391,13 +434,15 @@ def _checkpoint(
         "last_eval": loop.last_eval,
         "outer_skipped": loop.outer_skipped,
         "mgr_rows": loop.mgr_rows,
+        "outer_pending": pending_to_dict(loop.pending),
     }
 
 
 def _restore(st, h: Hierarchy, critic_opt, mgr_opt, device) -> LearnerState:
-    if (h.rms is None) != (st["obs_norm"] is None):
+    if (h.obs_normalizer is None) != (st["obs_norm"] is None):
         raise ValueError(
-            f"saved with norm_obs={st['obs_norm'] is not None}, this run has norm_obs={h.rms is not None}"
+            f"saved with norm_obs={st['obs_norm'] is not None}, "
+            f"this run has norm_obs={h.obs_normalizer is not None}"
         )
     theta = {k: v.to(device) for k, v in st["theta"].items()}
     if set(theta) != set(h.theta0) or any(theta[k].shape != h.theta0[k].shape for k in theta):
@@ -408,8 +453,8 @@ def _restore(st, h: Hierarchy, critic_opt, mgr_opt, device) -> LearnerState:
     if h.manager is not None:
         h.manager.load_state_dict(st["manager"])
         mgr_opt.load_state_dict(st["manager_opt"])
-    if h.rms is not None:
-        h.rms.load_state_dict(st["obs_norm"])
+    if h.obs_normalizer is not None:
+        h.obs_normalizer.load_state_dict(st["obs_norm"])
     inner = opt_state_from_dict(st["inner_state"], device)
     outer = opt_state_from_dict(st["outer_state"], device)
     return LearnerState(theta, inner, phi, outer)
@@ -418,4 +463,6 @@ def _restore(st, h: Hierarchy, critic_opt, mgr_opt, device) -> LearnerState:
 def _to(x: Any, device) -> Any:
     if isinstance(x, dict):
         return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return (list if isinstance(x, list) else tuple)(_to(v, device) for v in x)
     return x.to(device) if isinstance(x, torch.Tensor) else x

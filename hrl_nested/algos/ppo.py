@@ -28,6 +28,7 @@ import torch
 
 import envs
 from envs.core import EnvState, TorchVectorEnv
+from hrl_nested import distributed
 from hrl_nested.algos import (
     ConfigError,
     Task,
@@ -36,8 +37,10 @@ from hrl_nested.algos import (
     finite_float,
     layer_sizes,
     positive_int,
+    ppo_distributed,
     resolve_device,
 )
+from hrl_nested.deprecation import renamed_kwargs
 from hrl_nested.evaluation import run_eval_episodes, step_success
 from hrl_nested.exploration import EXPLORE_MODES, Exploration, end_runs, initial_explore_carry
 from hrl_nested.networks import ActorCritic, actor_critic_apply
@@ -189,17 +192,20 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
     cfg.validate(task)
     if run is None:  # no files, no W&B, no progress bar
         run = Run(None, config={}, algo="ppo", env=task.env, seed=task.seed, total_steps=0, progress=False)
-    device = resolve_device(task.device)
+    world = distributed.current_world()  # torchrun: this rank's envs, see hrl_nested.distributed
+    device = distributed.rank_device(resolve_device(task.device), world)
     torch.manual_seed(task.seed)
 
     # ---- setup: envs (SAME_STEP, so a batch never holds a dummy reset step), agent, optimizer
-    env = _make_env(task.env, task.num_envs, device)
+    env = _make_env(task.env, distributed.local_num_envs(task.num_envs, world), device)
     eval_env = _make_env(task.env, task.eval_episodes, device, **eval_env_kwargs(task))
-    videos = VideoCapture.for_run(task, run)  # None unless --capture-video
+    videos = VideoCapture.for_run(task, run) if world.is_main else None  # None unless --capture-video
     agent = ActorCritic(env.single_observation_space, env.single_action_space, hidden=cfg.hidden).to(device)
-    fused = device.type in ("cuda", "cpu")  # one kernel for all parameters, not a Python loop over them
-    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5, fused=fused)
-    rms = ObsNormalizer(env.single_observation_space, device=device) if cfg.norm_obs else None
+    distributed.broadcast_module(agent, world)
+    distributed.seed_rank(task.seed, world)  # each rank samples its own actions
+    fused_adam = device.type in ("cuda", "cpu")  # one kernel for all parameters, not a Python loop over them
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5, fused=fused_adam)
+    obs_normalizer = ObsNormalizer(env.single_observation_space, device=device) if cfg.norm_obs else None
     # A simulator's state (a wrapped Gymnasium env) cannot be snapshotted, so it can neither be rewound
     # after a capture's warm-up nor checkpointed: such an env runs an eager rollout.
     env_has_state = envs.supports_state(env)
@@ -214,35 +220,43 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
     explore = _exploration(cfg, env)
     collect = make_rollout(
         env,
-        _policy_with_obs_norm(agent, rms, explore),
+        _policy_with_obs_norm(agent, obs_normalizer, explore),
         cfg.num_steps,
         capture=capture,
         reset_carry=None if explore is None else end_runs,
     )
     # The first rollout and update pay for CUDA-graph capture and compilation: timed on their own.
     warmup: dict[str, float] = {}
-    rollout = _time_first_call(collect, warmup, "rollout", device)
+    timed_collect = _time_first_call(collect, warmup, "rollout", device)
     update_step = _time_first_call(_make_update_step(agent, optimizer, cfg), warmup, "update", device)
+    sharded = None
+    if world.size > 1:  # minibatches of the union batch, all-reduced gradients
+        sharded = ppo_distributed.ShardedUpdate(agent, optimizer, cfg, world, task.num_envs, task.seed)
+        update_step = _time_first_call(sharded.step, warmup, "update", device)
 
     batch_size = task.num_envs * cfg.num_steps
     minibatch_size = batch_size // cfg.num_minibatches
     num_iterations = max(1, math.ceil(task.total_steps / batch_size))
 
-    obs, _ = env.reset(seed=task.seed)
+    obs, _ = distributed.reset_shard(env, task.seed, task.num_envs, world)
     carry = None if explore is None else _initial_carry(agent, env.num_envs, device)
     start_iteration, env_steps, last_eval = 0, 0, {}
     resumed: dict[str, Any] = {}
     if run.resume_state is not None:
+        resume_state = ppo_distributed.rank_view(run.resume_state, world, run.checkpoint_path)
         start_iteration, env_steps, restored_obs, last_eval = _restore(
-            run.resume_state, run.checkpoint_path, agent, optimizer, rms, env, collect, device
+            resume_state, run.checkpoint_path, agent, optimizer, obs_normalizer, env, collect, device
         )
+        if sharded is not None:
+            sharded.load_state_dict(resume_state["minibatch"])
         resumed["env_state_restored"] = restored_obs is not None
         if restored_obs is not None:
             obs = restored_obs
-            if carry is not None and run.resume_state.get("explore_carry") is not None:
-                carry = {k: v.to(device) for k, v in run.resume_state["explore_carry"].items()}
+            if carry is not None and resume_state.get("explore_carry") is not None:
+                carry = {k: v.to(device) for k, v in resume_state["explore_carry"].items()}
         else:  # the learner continues; the simulator's episodes start afresh, from a seed of their own
-            obs = reset_for_resume(env, task.env, task.seed, start_iteration)
+            shard = lambda s: distributed.reset_shard(env, s, task.num_envs, world)  # noqa: E731
+            obs = reset_for_resume(env, task.env, task.seed, start_iteration, reset=shard)
     run.start()  # the run directory changes only now, with the checkpoint (if any) loaded
     solved_at, eval_time = None, 0.0
 
@@ -252,15 +266,16 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
             optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - iteration / num_iterations)
 
         # ---- rollout: T steps x N envs, no host sync inside
-        params = _rollout_params(agent, rms)
+        params = _rollout_params(agent, obs_normalizer)
         with torch.no_grad():
-            result = rollout(params, obs, carry)
+            result = timed_collect(params, obs, carry)
         batch, obs, carry = result.batch, result.obs, result.carry
         env_steps += batch_size
 
         # ---- advantages: V of the true next obs bootstraps truncations, never terminations
         with torch.no_grad():
-            b_obs, b_next_obs = _normalized(batch.obs, rms), _normalized(batch.next_obs, rms)
+            b_obs = _normalized(batch.obs, obs_normalizer)
+            b_next_obs = _normalized(batch.next_obs, obs_normalizer)
             next_values = agent.value(b_next_obs)
             advantages, returns = gae(
                 batch.rewards,
@@ -271,8 +286,8 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
                 cfg.gamma,
                 cfg.gae_lambda,
             )
-        if rms is not None:  # after the batch is normalized with the stats its rollout used
-            rms.update(batch.obs)
+        if obs_normalizer is not None:  # after the batch is normalized with the stats its rollout used
+            obs_normalizer.update(batch.obs, reduce=distributed.moments_reducer(world))
         columns = {
             "obs": b_obs,
             "actions": batch.actions,
@@ -283,17 +298,21 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
         }
         if explore is not None:  # exploratory steps: in GAE and the value loss, not in the policy loss
             columns["policy_mask"] = ~batch.carry["off_policy"]
-        flat = tree_map(lambda t: t.reshape(batch_size, *t.shape[2:]), columns)
+        flat = tree_map(lambda t: t.reshape(-1, *t.shape[2:]), columns)  # this rank's T x N/G rows
 
         # ---- update: epochs x minibatches of the clipped PPO objective
-        stats = torch.zeros(6, device=device)
-        for _epoch in range(cfg.update_epochs):
-            perm = torch.randperm(batch_size, device=device)
-            for start in range(0, batch_size, minibatch_size):
-                idx = perm[start : start + minibatch_size]
-                mb = tree_map(lambda t, idx=idx: t[idx], flat)
-                stats += update_step(mb)
-        stats /= cfg.update_epochs * cfg.num_minibatches
+        if sharded is not None:  # torchrun: the union batch's minibatches (hrl_nested.algos.ppo_distributed)
+            stats = sharded.update(flat, update_step)
+            result = distributed.sum_episodes(result, world)
+        else:
+            stats = torch.zeros(6, device=device)
+            for _epoch in range(cfg.update_epochs):
+                perm = torch.randperm(batch_size, device=device)
+                for start in range(0, batch_size, minibatch_size):
+                    idx = perm[start : start + minibatch_size]
+                    mb = tree_map(lambda t, idx=idx: t[idx], flat)
+                    stats += update_step(mb)
+            stats /= cfg.update_epochs * cfg.num_minibatches
 
         # ---- log (the iteration's one host copy), evaluate, checkpoint
         env.raise_pending()  # deferred invalid-action checks (validate=True) surface here; free if none
@@ -304,10 +323,11 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
             "sps": round(batch_size / (time.perf_counter() - t_iter)),
             "lr": optimizer.param_groups[0]["lr"],
         }
-        if explore is not None:
-            row["explore_fraction"] = batch.carry["off_policy"].float().mean().item()
+        if explore is not None:  # equal shards: the union's fraction is the ranks' mean
+            off = batch.carry["off_policy"].float().mean().reshape(1)
+            row["explore_fraction"] = (distributed.all_reduce_sum(off, world) / world.size).item()
         last = iteration + 1 == num_iterations
-        if last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0):
+        if world.is_main and (last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0)):
             t_eval = time.perf_counter()
             hopeless = None
             if cfg.stop_at_return is not None and cfg.eval_max_return is not None:
@@ -315,7 +335,7 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
             last_eval = evaluate(
                 agent,
                 eval_env,
-                rms,
+                obs_normalizer,
                 seed=task.seed + 7919 * (iteration + 1),
                 stop_if_below=hopeless,
                 video=None if videos is None else videos.clip(env_steps),
@@ -326,13 +346,21 @@ def train(task: Task, cfg: PPOConfig, run: Run | None = None) -> dict[str, Any]:
 
         if cfg.stop_at_return is not None and row.get("eval_return_mean", -math.inf) >= cfg.stop_at_return:
             solved_at = row
-        if run.checkpoint_due() or last or solved_at is not None:
+        # rank 0 evaluates and keeps the clock: its decisions hold for every rank
+        save, solved = distributed.broadcast_flags(
+            [run.checkpoint_due() or last or solved_at is not None, solved_at is not None], world, device
+        )
+        if save:
             state = _checkpoint_state(
-                iteration + 1, env_steps, agent, optimizer, rms, env, obs, collect, last_eval
+                iteration + 1, env_steps, agent, optimizer, obs_normalizer, env, obs, collect, last_eval
             )
             has_state = state["obs"] is not None
-            run.save_checkpoint({**state, "explore_carry": carry if has_state else None})
-        if solved_at is not None:
+            state = {**state, "explore_carry": carry if has_state else None}
+            if sharded is not None:  # every rank's envs and RNG, gathered into rank 0's checkpoint
+                state = ppo_distributed.gather_checkpoint(state, world, sharded)
+            if state is not None:
+                run.save_checkpoint(state)
+        if solved:
             break
 
     summary = {
@@ -393,10 +421,11 @@ def _make_update_step(agent: ActorCritic, optimizer: torch.optim.Optimizer, cfg:
 
 
 @torch.inference_mode()
+@renamed_kwargs(rms="obs_normalizer")
 def evaluate(
     agent: ActorCritic,
     env: TorchVectorEnv,
-    rms: ObsNormalizer | None,
+    obs_normalizer: ObsNormalizer | None,
     *,
     seed: int,
     max_steps: int = 10_000,
@@ -412,7 +441,8 @@ def evaluate(
     Args:
         agent: the actor-critic (only the actor is used).
         env: a SAME_STEP env with one env per episode to evaluate; reset here with ``seed``.
-        rms: observation statistics the agent was trained with, or None.
+        obs_normalizer: the `ObsNormalizer` whose statistics the agent was trained with, or None
+            (``rms=``, its old name, still works and warns).
         seed: reset seed (a fresh one per evaluation, so successive evaluations see new starts).
         max_steps: cap for envs without a time limit.
         stop_if_below: ``(target, max_return)``: stop as soon as the mean return can no longer reach
@@ -427,11 +457,11 @@ def evaluate(
         `hrl_nested.evaluation.step_success`).
     """
     params = dict(agent.named_parameters())
-    stats = None if rms is None else rms.stats()
+    stats = None if obs_normalizer is None else obs_normalizer.stats()
     discrete = agent.log_std is None
 
     def act(obs: Any, carry: None) -> tuple[torch.Tensor, None]:
-        x = obs if stats is None else rms.apply(obs, stats)
+        x = obs if stats is None else obs_normalizer.normalize(obs, stats)
         out, _ = actor_critic_apply(agent, params, x, critic=False)
         if discrete:
             return out.argmax(-1), None
@@ -485,16 +515,16 @@ def _time_first_call(fn, into: dict[str, float], name: str, device: torch.device
 _success = step_success  # the rule's old home: callers and tests import it from here
 
 
-def _normalized(obs: Any, rms: ObsNormalizer | None) -> Any:
-    return obs if rms is None else rms.normalize(obs)
+def _normalized(obs: Any, obs_normalizer: ObsNormalizer | None) -> Any:
+    return obs if obs_normalizer is None else obs_normalizer.normalize(obs)
 
 
-def _rollout_params(agent: ActorCritic, rms: ObsNormalizer | None) -> dict[str, torch.Tensor]:
+def _rollout_params(agent: ActorCritic, obs_normalizer: ObsNormalizer | None) -> dict[str, torch.Tensor]:
     """The agent's parameters (detached views) plus the obs statistics the rollout should use: inputs,
     so that a captured rollout sees this iteration's values."""
     params = {k: v.detach() for k, v in agent.named_parameters()}
-    if rms is not None:
-        params.update({f"obs_norm.{k}": v for k, v in rms.stats().items()})
+    if obs_normalizer is not None:
+        params.update({f"obs_norm.{k}": v for k, v in obs_normalizer.stats().items()})
     return params
 
 
@@ -526,21 +556,25 @@ def _initial_carry(agent: ActorCritic, num_envs: int, device: torch.device) -> d
     return initial_explore_carry(num_envs, like)
 
 
-def _policy_with_obs_norm(agent: ActorCritic, rms: ObsNormalizer | None, explore: Exploration | None = None):
+def _policy_with_obs_norm(
+    agent: ActorCritic, obs_normalizer: ObsNormalizer | None, explore: Exploration | None = None
+):
     """``actor_critic_policy(agent, explore)``, normalizing obs first with the statistics in the params."""
     policy = actor_critic_policy(agent, explore)
-    if rms is None:
+    if obs_normalizer is None:
         return policy
 
     def policy_fn(params: dict[str, torch.Tensor], obs: Any, carry: Any) -> PolicyOutput:
         stats = {k[len("obs_norm.") :]: v for k, v in params.items() if k.startswith("obs_norm.")}
         net = {k: v for k, v in params.items() if not k.startswith("obs_norm.")}
-        return policy(net, rms.apply(obs, stats), carry)
+        return policy(net, obs_normalizer.normalize(obs, stats), carry)
 
     return policy_fn
 
 
-def _checkpoint_state(iteration, env_steps, agent, optimizer, rms, env, obs, collect, last_eval) -> dict:
+def _checkpoint_state(
+    iteration, env_steps, agent, optimizer, obs_normalizer, env, obs, collect, last_eval
+) -> dict:
     # An env whose state lives in a simulator has none to save: its run resumes with fresh episodes.
     has_state = envs.supports_state(env)
     return {
@@ -548,7 +582,7 @@ def _checkpoint_state(iteration, env_steps, agent, optimizer, rms, env, obs, col
         "env_steps": env_steps,
         "agent": agent.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "obs_norm": None if rms is None else rms.state_dict(),
+        "obs_norm": None if obs_normalizer is None else obs_normalizer.state_dict(),
         "env": dataclasses.asdict(env.get_state()) if has_state else None,
         "obs": obs if has_state else None,
         "rollout": collect.state_dict(),
@@ -559,25 +593,32 @@ def _checkpoint_state(iteration, env_steps, agent, optimizer, rms, env, obs, col
 _REQUIRED = ("iteration", "env_steps", "agent", "optimizer", "obs_norm", "env", "obs", "rollout", "rng")
 
 
-def _restore(state, path, agent, optimizer, rms, env, collect, device) -> tuple[int, int, Any, dict]:
+def _restore(
+    state, path, agent, optimizer, obs_normalizer, env, collect, device
+) -> tuple[int, int, Any, dict]:
     """Load a checkpoint into the live objects; returns ``(iteration, env_steps, obs, last_eval)``, with
     ``obs`` None when the env's state was not restored (an env without ``get_state``: fresh episodes).
 
     Raises:
         CheckpointError: a key is missing, or a saved tensor does not fit this run (naming the file).
     """
+    if state.get("multiseed"):  # ppo_multiseed saves each agent, not the shared env batch
+        raise CheckpointError(
+            f"checkpoint {path} is one seed of a --num-seeds K > 1 run, which cannot be resumed (its envs' "
+            "state is not saved); train the seed again, or load its 'agent' state dict for evaluation"
+        )
     require_keys(state, _REQUIRED, path)
-    if (rms is None) != (state["obs_norm"] is None):
+    if (obs_normalizer is None) != (state["obs_norm"] is None):
         raise CheckpointError(
             f"checkpoint {path}: saved with norm_obs={state['obs_norm'] is not None}, this run has "
-            f"norm_obs={rms is not None}; resume with the run's own --ppo.norm-obs"
+            f"norm_obs={obs_normalizer is not None}; resume with the run's own --ppo.norm-obs"
         )
     restore_env = envs.supports_state(env) and state["env"] is not None and state["obs"] is not None
     with checkpoint_fits(path, "; it was written by a run with other network sizes, batch shape or env"):
         agent.load_state_dict(state["agent"])
         optimizer.load_state_dict(state["optimizer"])
-        if rms is not None:
-            rms.load_state_dict(state["obs_norm"])
+        if obs_normalizer is not None:
+            obs_normalizer.load_state_dict(state["obs_norm"])
         obs = None
         if restore_env:
             env.set_state(EnvState(**state["env"]))

@@ -4,29 +4,40 @@ Research tables need 10+ seeds, and ten separate processes each pay the per-op o
 network again. Here K agents (seeds ``S ... S+K-1``) train side by side in lock step, each exactly the
 agent a single-seed run of `hrl_nested.algos.ppo` would train, up to float rounding:
 
-- parameters stacked on a leading seed dim (``torch.func.stack_module_state``); the networks run as
-  batched matrix products over the stack (`hrl_nested.stacked`, several times faster on a CPU than
-  ``vmap`` of ``F.linear``, and bit-identical per member to a single network), the one PPO objective
-  (`hrl_nested.ppo_objective`) is ``torch.func.vmap``-ed over the seeds, and the optimizer is the
-  functional Adam of `hrl_nested.optim` on the stacked dicts;
+- parameters stacked on a leading seed dim and held as one ``(K, P)`` buffer
+  (`ppo_multiseed_parts.FlatParams`); the networks run as batched matrix products over the stack
+  (`hrl_nested.stacked`, several times faster on a CPU than ``vmap`` of ``F.linear``, and bit-identical per
+  member to a single network), the one PPO objective (`hrl_nested.ppo_objective`) is ``torch.func.vmap``-ed
+  over the seeds, each seed's gradient is clipped to its own global norm in one op, and the optimizer is
+  torch's functional Adam (``torch.optim.adam.adam``, fused, as a single run's ``torch.optim.Adam``) on the
+  whole buffer in one kernel;
 - one env batch of ``K x num_envs``; seed k's envs are reset with ``seed=S+k`` and the stream indices
   ``0 ... num_envs-1`` (the ``env_index`` reset option), so each seed's envs produce exactly the env
   stream of a single-seed run of that seed (and the batch is compiled, or not, as a single run's N envs
   are: ``compile="auto"`` decides by N, not K x N, since a compiled step differs in the low float bits);
-- per-seed randomness from one ``torch.Generator`` per seed, in the state a single-seed run's global
-  generator has after ``torch.manual_seed(seed)`` and the network init: the rollout's sampling noise
-  and each epoch's minibatch permutation are drawn from it in the same order, so the first rollout's
-  actions are bit-identical to a single-seed run's;
-- per-seed observation statistics, advantage normalization (inside the vmapped objective), gradient
-  clipping (each seed's global norm) and evaluation; one `Run` (run directory) per seed.
+- per-seed randomness (``rng``, see `train_seeds`): by default on the CPU one ``torch.Generator`` per seed,
+  in the state a single-seed run's global generator has after ``torch.manual_seed(seed)`` and the network
+  init, from which the whole rollout's sampling noise and each epoch's minibatch permutation are drawn in
+  a single run's order, so the rollouts are a single-seed run's, bit for bit; on CUDA a counter-based
+  Philox stream keyed on the seed, with no call per seed;
+- the noise enters the rollout as an input (no generator inside the T steps), so on CUDA the rollout is
+  captured as one CUDA graph and replayed, as a single run's, and so is the whole update (epochs x
+  minibatches of forward, backward, clip and Adam; `ppo_multiseed_parts.CapturedStep`);
+- per-seed observation statistics (`ppo_multiseed_parts.StackedObsNormalizer`), advantage normalization
+  (inside the vmapped objective) and evaluation; one `Run` (run directory) per seed, their rows made
+  from one host copy per iteration and written in a background thread while the next iteration runs
+  (`ppo_multiseed_parts.RowWriter`), checkpoints and summaries in parallel threads (each ``fsync``-ed).
 
-What differs from K single runs: the critic's one-column output layer and the functional (not fused)
-Adam round differently in the last bits, so parameters agree to float rounding (~2e-7 after an
-iteration), not bit for bit; the actor's forward is bit-identical, so the first rollout is. With
-``stop_at_return`` a seed that solved stops training (its run is finished) while the others go on.
-``K == 1`` runs `hrl_nested.algos.ppo.train` itself. Resuming, ``--ppo.compile``, ``--ppo.explore`` and
-captured rollouts are not supported with ``K > 1`` (a `ConfigError` says so); per-seed checkpoints hold each
-agent, its Adam moments and obs statistics.
+Apart from the K generators' draws (``1 + update_epochs`` calls per seed and iteration, none with
+``rng="counter"``) and one metrics row per seed, nothing in an iteration loops over the seeds.
+
+What differs from K single runs: the critic's one-column output layer rounds differently in the last bits
+in a batched product, so parameters agree to float rounding (~2e-7 after an iteration), not bit for bit;
+the actor's forward is bit-identical, so the first rollout is. With ``stop_at_return`` a seed that solved
+stops training (its run is finished) while the others go on. ``K == 1`` runs `hrl_nested.algos.ppo.train`
+itself. Resuming, ``--ppo.compile``, ``--ppo.explore`` and an explicit ``--ppo.capture`` other than
+``auto`` / ``none`` are not supported with ``K > 1`` (a `ConfigError` says so); per-seed checkpoints hold
+each agent, its Adam moments and obs statistics.
 
 >>> from hrl_nested.algos import Task
 >>> outs = train_seeds(Task(total_steps=1024, num_envs=16, eval_episodes=2, device="cpu"),
@@ -37,6 +48,7 @@ agent, its Adam moments and obs statistics.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -50,10 +62,22 @@ from envs.core import TorchVectorEnv
 from envs.fused import resolve_compile
 from hrl_nested.algos import ConfigError, Task, check, positive_int, ppo, resolve_device
 from hrl_nested.algos.ppo import PPOConfig, metrics_row
-from hrl_nested.algos.ppo_multiseed_eval import apply_stacked_stats, evaluate_seeds, stacked_stats
+from hrl_nested.algos.ppo_multiseed_eval import apply_stacked_stats, evaluate_seeds
+from hrl_nested.algos.ppo_multiseed_parts import (
+    CapturedStep,
+    FlatParams,
+    RowWriter,
+    StackedObsNormalizer,
+    adam_step_rows,
+    clip_grad_norm_rows,
+    counter_noise,
+    counter_permutations,
+    for_each_run,
+    rollout_noise,
+    seed_key_words,
+    seed_permutations,
+)
 from hrl_nested.networks import ActorCritic
-from hrl_nested.obs_norm import ObsNormalizer
-from hrl_nested.optim import AdamState, adam
 from hrl_nested.ppo_objective import ppo_objective
 from hrl_nested.pytree import tree_map
 from hrl_nested.returns import gae
@@ -61,7 +85,16 @@ from hrl_nested.rollout import PolicyOutput, make_rollout
 from hrl_nested.stacked import stacked_actor_critic_apply
 from hrl_nested.tracking import Run, choose_run_id
 
-__all__ = ["clip_grad_norm_per_seed", "evaluate_seeds", "seed_run_dir", "seed_runs", "train_seeds"]
+RNG_MODES = ("auto", "generator", "counter")
+
+__all__ = [
+    "RNG_MODES",
+    "clip_grad_norm_per_seed",
+    "evaluate_seeds",
+    "seed_run_dir",
+    "seed_runs",
+    "train_seeds",
+]
 
 
 def seed_run_dir(run_dir: str | Path, seed: int) -> Path:
@@ -97,7 +130,7 @@ def seed_runs(
 
 
 def train_seeds(
-    task: Task, cfg: PPOConfig, num_seeds: int, runs: Sequence[Run] | None = None
+    task: Task, cfg: PPOConfig, num_seeds: int, runs: Sequence[Run] | None = None, *, rng: str = "auto"
 ) -> list[dict[str, Any]]:
     """Train PPO seeds ``task.seed ... task.seed + num_seeds - 1`` in one process; one summary each.
 
@@ -106,6 +139,14 @@ def train_seeds(
         cfg: PPO hyperparameters, shared by every seed.
         num_seeds: K, a positive int. 1 runs `hrl_nested.algos.ppo.train` (today's run, exactly).
         runs: one `Run` per seed (e.g. from `seed_runs`), or None to keep everything in memory.
+        rng: where each seed's sampling noise and minibatch permutations come from: ``"generator"``, a
+            ``torch.Generator`` per seed in a single-seed run's state and order (on the CPU each seed's
+            draws are the single-seed run's, bit for bit; ``1 + update_epochs`` calls per seed and
+            iteration); ``"counter"``, a counter-based Philox stream keyed on the seed (`ppo_multiseed_parts.
+            counter_noise`: no call per seed, a pure function of (seed, iteration, step, env), the same
+            for any K and device, but not a single-seed run's numbers); ``"auto"`` (default):
+            ``"counter"`` on CUDA (thousands of seeds; a single-seed CUDA run's bits are not reproducible
+            there anyway, see `rollout_noise`), ``"generator"`` elsewhere.
 
     Returns:
         Each seed's summary, as `hrl_nested.algos.ppo.train` returns it (``seed``, ``env_steps``,
@@ -115,9 +156,16 @@ def train_seeds(
 
     Raises:
         ConfigError: a bad ``num_seeds`` or ``task`` / ``cfg`` value, or an option K > 1 does not support
-            (``--resume``, ``--ppo.compile``, a captured rollout, an env that is not a `TorchVectorEnv`).
+            (``--resume``, ``--ppo.compile``, ``--ppo.capture`` other than ``auto`` / ``none``, an env that
+            is not a `TorchVectorEnv`).
+        ValueError: an ``rng`` not in `RNG_MODES`.
+
+    On CUDA with ``--ppo.capture auto`` the rollout and the whole update (while every seed still trains)
+    are each captured once as a CUDA graph and replayed (`ppo_multiseed_parts.CapturedStep`).
     """
     positive_int(num_seeds, "num_seeds")
+    if rng not in RNG_MODES:
+        raise ValueError(f"rng: expected one of {', '.join(RNG_MODES)}, got {rng!r}")
     task.validate()
     cfg.validate(task)
     K = num_seeds
@@ -142,193 +190,227 @@ def train_seeds(
         task.env,
         note="a wrapped Gymnasium env cannot hold several seeds' streams in one batch",
     )
-    agents, gens = [], []
-    for s in seeds:
-        torch.manual_seed(s)
-        agents.append(
-            ActorCritic(env.single_observation_space, env.single_action_space, hidden=cfg.hidden).to(device)
+    counter = rng == "counter" or (rng == "auto" and device.type == "cuda")
+    template, layout, gens = _init_agents(env, cfg, seeds, device, generators=not counter)
+    keys = seed_key_words(seeds, device)
+    flat = layout.flat  # (K, P): every seed's parameters; updated in place by the fused Adam
+    mu, nu = torch.zeros_like(flat), torch.zeros_like(flat)
+    adam_count = torch.zeros((), dtype=torch.float32, device=device)
+    rms = StackedObsNormalizer(env.single_observation_space, K, device=device) if cfg.norm_obs else None
+    discrete = template.log_std is None
+    act_shape = (N, int(env.single_action_space.n)) if discrete else (N, template.log_std.shape[0])
+    # "auto": a CUDA graph on CUDA (the noise is an input, so the whole T-step loop is capturable)
+    capture = "auto" if cfg.capture == "auto" else "none"
+    collect = make_rollout(env, _SeedPolicy(template, K), T, capture=capture)
+    grad_fn = _grad_fn(template, cfg, layout)
+    captured_update = None
+    lr_t = torch.zeros((), dtype=torch.float32, device=device)
+    mode = _update_capture(device, cfg)
+    if mode is not None:
+        update = functools.partial(_update, cfg, grad_fn, (flat, mu, nu), adam_count)
+        captured_update = CapturedStep(
+            lambda fb, pm, lr_t: update(lr_t, fb, pm), [flat, mu, nu, adam_count], graph=mode == "graph"
         )
-        gens.append(_generator_after_init(s, device))
-    template = agents[0]
-    stacked, _ = stack_module_state(agents)
-    params = {k: v.detach() for k, v in stacked.items()}
-    lr = torch.tensor(float(cfg.lr), device=device)
-    optimizer = adam(lr, eps=1e-5)  # torch.optim.Adam's defaults otherwise, as flat PPO's
-    opt_state = optimizer.init(params)
-    rmss = (
-        [ObsNormalizer(env.single_observation_space, device=device) for _ in seeds] if cfg.norm_obs else None
-    )
-    policy = _SeedPolicy(template, gens, K)
-    collect = make_rollout(env, policy, T, capture="none")
-    grad_fn = _grad_fn(template, cfg)
 
     batch_size = N * T
     num_iterations = max(1, math.ceil(task.total_steps / batch_size))
     obs, _ = env.reset(seed=[s for s in seeds for _ in range(N)], options={"env_index": list(range(N)) * K})
     ep_ret = torch.zeros(K * N, device=device, dtype=getattr(env, "dtype", torch.float32))
     ep_len = torch.zeros(K * N, device=device, dtype=torch.int64)
-    for run in runs:
-        run.start()
+    step0 = torch.zeros(1, dtype=torch.int64, device=device)
+    for_each_run(runs, "start")
     live = [True] * K  # False once a seed solved (stop_at_return): its run is finished
     summaries: list[dict[str, Any] | None] = [None] * K
     last_eval: list[dict[str, float]] = [{} for _ in seeds]
     eval_time, warmup, env_steps = [0.0] * K, 0.0, 0
 
-    for iteration in range(num_iterations):
-        t_iter = time.perf_counter()
-        lr_now = cfg.lr * (1.0 - iteration / num_iterations) if cfg.anneal_lr else cfg.lr
-        lr.fill_(lr_now)
+    writer = RowWriter(runs)
+    try:
+        for iteration in range(num_iterations):
+            t_iter = time.perf_counter()
+            lr_now = cfg.lr * (1.0 - iteration / num_iterations) if cfg.anneal_lr else cfg.lr
 
-        # ---- rollout: T steps x (K x N) envs, each seed's policy on its own envs
-        stats_in = stacked_stats(rmss)
-        with torch.no_grad():
-            result = collect({**params, **{f"obs_norm.{k}": v for k, v in stats_in.items()}}, obs, None)
-        batch, obs = result.batch, result.obs
-        env_steps += batch_size
-        ep_ret, ep_len, episodes = _episode_stats(batch, ep_ret, ep_len, K)
+            # ---- rollout: T steps x (K x N) envs, each seed's policy and noise on its own envs
+            params = layout.dense(flat)
+            stats_in = {} if rms is None else rms.stats()
+            if counter:
+                noise = counter_noise(keys, iteration, T, act_shape, gaussian=not discrete, dtype=flat.dtype)
+            else:
+                noise = rollout_noise(
+                    gens, T, act_shape, gaussian=not discrete, dtype=flat.dtype, device=device
+                )
+            inputs = {**params, "sampling_noise": noise, **{f"obs_norm.{k}": v for k, v in stats_in.items()}}
+            with torch.no_grad():
+                result = collect(inputs, obs, step0)
+            batch, obs = result.batch, result.obs
+            env_steps += batch_size
+            ep_ret, ep_len, episodes = _episode_stats(batch, ep_ret, ep_len, K)
 
-        # ---- advantages (time-major over K x N columns: each env's column is independent)
-        with torch.no_grad():
-            b_obs = _normalize(_seed_major(batch.obs, K), rmss, stats_in)
-            b_next = _normalize(_seed_major(batch.next_obs, K), rmss, stats_in)
-            next_values = stacked_actor_critic_apply(template, params, b_next)[1]
-            advantages, returns = gae(
-                batch.rewards,
-                batch.values,
-                _time_major(next_values),
-                batch.terminated,
-                batch.truncated,
-                cfg.gamma,
-                cfg.gae_lambda,
+            # ---- advantages (time-major over K x N columns: each env's column is independent)
+            with torch.no_grad():
+                b_obs = _normalize(_seed_major(batch.obs, K), stats_in)
+                b_next = _normalize(_seed_major(batch.next_obs, K), stats_in)
+                next_values = stacked_actor_critic_apply(template, params, b_next, actor=False)[1]
+                advantages, returns = gae(
+                    batch.rewards,
+                    batch.values,
+                    _time_major(next_values),
+                    batch.terminated,
+                    batch.truncated,
+                    cfg.gamma,
+                    cfg.gae_lambda,
+                )
+            if rms is not None:
+                rms.update(_seed_major(batch.obs, K))
+            flat_batch = tree_map(
+                lambda t: t.reshape(K, batch_size, *t.shape[3:]),
+                {
+                    "obs": b_obs,
+                    "actions": _seed_major(batch.actions, K),
+                    "logprobs": _seed_major(batch.logprobs, K),
+                    "values": _seed_major(batch.values, K),
+                    "advantages": _seed_major(advantages, K),
+                    "returns": _seed_major(returns, K),
+                },
             )
-        if rmss is not None:
-            raw = _seed_major(batch.obs, K)
-            for k, rms in enumerate(rmss):
-                rms.update(tree_map(lambda t, k=k: t[k], raw))
-        flat = tree_map(
-            lambda t: t.reshape(K, batch_size, *t.shape[3:]),
-            {
-                "obs": b_obs,
-                "actions": _seed_major(batch.actions, K),
-                "logprobs": _seed_major(batch.logprobs, K),
-                "values": _seed_major(batch.values, K),
-                "advantages": _seed_major(advantages, K),
-                "returns": _seed_major(returns, K),
-            },
-        )
 
-        # ---- update: per-seed permutations, the PPO objective's gradient, per-seed clipping, Adam;
-        # only for the seeds still running (a solved seed's run is finished: no need to train it on)
-        stats = torch.zeros(K, 6, device=device)
-        rows_live = [k for k in range(K) if live[k]]
-        sub = None if len(rows_live) == K else torch.tensor(rows_live, device=device)
-        p, st = _take(params, opt_state, sub)
-        p, st, stats_live = _update(
-            cfg, grad_fn, optimizer, p, st, _take_tree(flat, sub), [gens[k] for k in rows_live]
-        )
-        params, opt_state = _put(params, opt_state, p, st, sub)
-        stats[rows_live] = stats_live
-        if iteration == 0:
-            warmup = time.perf_counter() - t_iter
+            # ---- update: per-seed permutations, the PPO objective's gradient, per-seed clipping, Adam;
+            # only for the seeds still running (a solved seed's run is finished: no need to train it on)
+            if counter:
+                perms = counter_permutations(keys, iteration, cfg.update_epochs, batch_size)
+            else:
+                perms = seed_permutations(gens, cfg.update_epochs, batch_size, device)
+            rows_live = [k for k in range(K) if live[k]]
+            sub = None if len(rows_live) == K else torch.tensor(rows_live, device=device)
+            if sub is None and captured_update is not None:  # all seeds: one replay of the captured update
+                stats_live = captured_update(flat_batch, perms, lr_t.fill_(lr_now))  # fill_: no host sync
+            else:
+                state = (flat, mu, nu) if sub is None else (flat[sub], mu[sub], nu[sub])
+                mb_source = _take_tree(flat_batch, sub), _take_tree(perms, sub, dim=1)
+                stats_live = _update(cfg, grad_fn, state, adam_count, lr_now, *mb_source)
+            stats = stats_live
+            if sub is not None:
+                for full, part in zip((flat, mu, nu), state):
+                    full.index_copy_(0, sub, part)
+                stats = torch.zeros(K, 6, device=device).index_copy_(0, sub, stats_live)
+            if iteration == 0:
+                warmup = time.perf_counter() - t_iter
 
-        # ---- log (one host copy for all seeds), evaluate, checkpoint
-        env.raise_pending()
-        host = torch.cat([stats, episodes], 1).tolist()
-        sps = round(batch_size / (time.perf_counter() - t_iter))
-        rows = [
-            {
-                "iteration": iteration + 1,
-                "env_steps": env_steps,
-                **metrics_row(host[k]),
-                "sps": sps,
-                "lr": lr.item(),
+            # ---- log (one host copy for all seeds), evaluate, checkpoint
+            env.raise_pending()
+            host = torch.cat([stats, episodes], 1).tolist()
+            sps = round(batch_size / (time.perf_counter() - t_iter))
+            rows = {
+                k: {"iteration": iteration + 1, "env_steps": env_steps, **metrics_row(host[k]), "sps": sps}
+                for k in rows_live
             }
-            for k in range(K)
-        ]
-        last = iteration + 1 == num_iterations
-        if last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0):
-            t_eval = time.perf_counter()
-            eval_seeds = [s + 7919 * (iteration + 1) for s in seeds]
-            evals = evaluate_seeds(template, params, eval_env, rmss, eval_seeds, live=live, cfg=cfg)
-            eval_s = time.perf_counter() - t_eval
-            for k in range(K):
-                if live[k]:
+            for row in rows.values():
+                row["lr"] = lr_now  # the float a single run logs, not a host read per seed
+            last = iteration + 1 == num_iterations
+            if last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0):
+                t_eval = time.perf_counter()
+                eval_seeds = [s + 7919 * (iteration + 1) for s in seeds]
+                params = layout.dense(flat)
+                evals = evaluate_seeds(template, params, eval_env, rms, eval_seeds, live=live, cfg=cfg)
+                eval_s = time.perf_counter() - t_eval
+                for k in rows_live:
                     last_eval[k] = evals[k]
                     rows[k].update(evals[k], eval_s=eval_s)
                     eval_time[k] += eval_s
-        for k in range(K):
-            if not live[k]:
-                continue
-            row = runs[k].log(rows[k])
-            solved = (
-                cfg.stop_at_return is not None
-                and row.get("eval_return_mean", -math.inf) >= cfg.stop_at_return
-            )
-            if runs[k].checkpoint_due() or last or solved:
-                runs[k].save_checkpoint(
-                    _checkpoint(k, iteration + 1, env_steps, template, params, opt_state, rmss, last_eval[k])
-                )
-            if solved or last:
+            solved = {
+                k
+                for k in rows_live
+                if cfg.stop_at_return is not None
+                and rows[k].get("eval_return_mean", -math.inf) >= cfg.stop_at_return
+            }
+            saving = [k for k in rows_live if last or k in solved or runs[k].checkpoint_due()]
+            # a plain iteration's rows are written in the background while the next iteration runs; a
+            # checkpoint or a run's end (it reads the logged rows, and writes after them) waits for them
+            logged = writer.log(rows, wait=bool(saving))
+            if saving:
+                opt = (mu, nu, adam_count)
+                states = _checkpoints(saving, iteration + 1, env_steps, layout, flat, opt, rms, last_eval)
+                for_each_run([runs[k] for k in saving], "save_checkpoint", [states[k] for k in saving])
+            ending = [k for k in rows_live if last or k in solved]
+            for k in ending:
                 live[k] = False
-                summary = {
-                    "iterations": iteration + 1,
-                    **last_eval[k],
-                    "eval_time_s": eval_time[k],
-                    "warmup_s": warmup,
-                    "num_seeds": K,
-                }
-                if cfg.stop_at_return is not None:
-                    summary["solved"] = solved
-                    summary["time_to_solve_s"] = row["wall_s"] if solved else None
-                summaries[k] = runs[k].finish(summary)
-        if not any(live):
-            break
+            if ending:
+                info = (last_eval, eval_time, warmup, K, cfg, logged, solved)
+                ends = [_summary(k, iteration, *info) for k in ending]
+                for k, summary in zip(ending, for_each_run([runs[k] for k in ending], "finish", ends)):
+                    summaries[k] = summary
+            if not any(live):
+                break
+    except BaseException:
+        writer.close(quiet=True)
+        raise
+    writer.close()  # the last rows are on disk before the summaries return
     return [s for s in summaries if s is not None]
 
 
-def _update(cfg, grad_fn, optimizer, params, opt_state, flat, gens):
-    """``update_epochs`` passes of ``num_minibatches`` minibatches over each seed's batch (``flat``:
-    ``(K, B, ...)``), each seed's permutation from its own generator (as a single run's ``randperm``);
-    returns the new params, Adam state and the ``(K, 6)`` mean statistics (with the gradient norm)."""
-    k, batch_size = flat["actions"].shape[:2]
+def _update_capture(device: torch.device, cfg: PPOConfig) -> str | None:
+    """How the update runs: ``"graph"`` (captured once as a CUDA graph, replayed; on CUDA with
+    ``--ppo.capture auto``), or None (eager). ``"static"``: the capture's buffer logic without a graph."""
+    return "graph" if device.type == "cuda" and cfg.capture == "auto" else None
+
+
+def _summary(k, iteration, last_eval, eval_time, warmup, num_seeds, cfg, logged, solved) -> dict[str, Any]:
+    """Seed k's summary (`hrl_nested.algos.ppo.train`'s keys) at the iteration its run ends."""
+    summary = {
+        "iterations": iteration + 1,
+        **last_eval[k],
+        "eval_time_s": eval_time[k],
+        "warmup_s": warmup,
+        "num_seeds": num_seeds,
+    }
+    if cfg.stop_at_return is not None:
+        summary["solved"] = k in solved
+        summary["time_to_solve_s"] = logged[k]["wall_s"] if k in solved else None
+    return summary
+
+
+def _init_agents(env, cfg: PPOConfig, seeds: Sequence[int], device: torch.device, *, generators: bool):
+    """Each seed's `ActorCritic` as a single run of that seed initializes it (on the CPU, right after
+    seeding the CPU generator with the seed), stacked into a `FlatParams` on ``device``; the template
+    module (seed 0's, on ``device``); and (with ``generators``) each seed's sampling generator in the
+    state a single run's has after the init."""
+    agents, gens = [], []
+    for s in seeds:
+        # torch.manual_seed would also seed every CUDA generator, and queue that with a stack trace when CUDA
+        # is not initialized (milliseconds per seed); the init draws from the CPU generator only.
+        torch.default_generator.manual_seed(s)
+        agents.append(ActorCritic(env.single_observation_space, env.single_action_space, hidden=cfg.hidden))
+        if generators:
+            gens.append(_generator_after_init(s, device))
+    stacked, _ = stack_module_state(agents)
+    layout = FlatParams({k: v.detach() for k, v in stacked.items()})
+    layout.flat = layout.flat.to(device)  # one host-to-device copy for all seeds' parameters
+    return agents[0].to(device), layout, gens
+
+
+def _update(cfg, grad_fn, state, adam_count, lr, flat_batch, perms) -> torch.Tensor:
+    """``update_epochs`` passes of ``num_minibatches`` minibatches over each seed's batch (``flat_batch``:
+    ``(K, B, ...)``) in the order of its permutations ``perms`` (``(epochs, K, B)``), updating the stacked
+    parameters and Adam moments ``state = (flat, mu, nu)`` in place; returns the ``(K, 6)`` mean statistics
+    (with the gradient norm before clipping)."""
+    flat, mu, nu = state
+    k, batch_size = flat_batch["actions"].shape[:2]
     minibatch_size = batch_size // cfg.num_minibatches
-    device = next(iter(params.values())).device
-    seed_index = torch.arange(k, device=device).unsqueeze(1)
-    stats = torch.zeros(k, 6, device=device)
-    for _epoch in range(cfg.update_epochs):
-        perms = torch.stack([torch.randperm(batch_size, device=device, generator=g) for g in gens])
+    seed_index = torch.arange(k, device=flat.device).unsqueeze(1)
+    stats = torch.zeros(k, 6, device=flat.device)
+    for epoch in range(cfg.update_epochs):
         for start in range(0, batch_size, minibatch_size):
-            idx = perms[:, start : start + minibatch_size]
-            mb = tree_map(lambda t, idx=idx: t[seed_index, idx], flat)
-            grads, mb_stats = grad_fn(params, mb)
-            grads, grad_norm = clip_grad_norm_per_seed(grads, cfg.max_grad_norm)
-            params, opt_state = optimizer.update(grads, opt_state, params)
-            stats += torch.stack([*mb_stats, grad_norm], 1)
-    return params, opt_state, stats / (cfg.update_epochs * cfg.num_minibatches)
+            idx = perms[epoch, :, start : start + minibatch_size]
+            mb = tree_map(lambda t, idx=idx: t[seed_index, idx], flat_batch)
+            grad, mb_stats = grad_fn(flat, mb)
+            grad, grad_norm = clip_grad_norm_rows(grad, cfg.max_grad_norm)
+            adam_step_rows(flat, grad, mu, nu, adam_count, lr=lr)
+            stats += torch.cat([mb_stats, grad_norm.unsqueeze(1)], 1)
+    return stats / (cfg.update_epochs * cfg.num_minibatches)
 
 
-def _take_tree(tree: Any, sub: torch.Tensor | None) -> Any:
-    return tree if sub is None else tree_map(lambda t: t[sub], tree)
-
-
-def _take(params: dict, opt_state: AdamState, sub: torch.Tensor | None) -> tuple[dict, AdamState]:
-    """The rows ``sub`` of the stacked params and Adam moments (all of them for None)."""
-    if sub is None:
-        return params, opt_state
-    return _take_tree(params, sub), AdamState(
-        opt_state.count, _take_tree(opt_state.mu, sub), _take_tree(opt_state.nu, sub)
-    )
-
-
-def _put(params: dict, opt_state: AdamState, p: dict, st: AdamState, sub: torch.Tensor | None):
-    """`_take`'s inverse: rows ``sub`` replaced by ``p`` / ``st`` (new tensors, nothing written in place)."""
-    if sub is None:
-        return p, st
-
-    def put(full: dict, part: dict) -> dict:
-        return {n: full[n].index_copy(0, sub, part[n]) for n in full}
-
-    return put(params, p), AdamState(st.count, put(opt_state.mu, st.mu), put(opt_state.nu, st.nu))
+def _take_tree(tree: Any, sub: torch.Tensor | None, dim: int = 0) -> Any:
+    return tree if sub is None else tree_map(lambda t: t.index_select(dim, sub), tree)
 
 
 def _check_supported(cfg: PPOConfig, runs: Sequence[Run] | None) -> None:
@@ -371,15 +453,21 @@ def _generator_after_init(seed: int, device: torch.device) -> torch.Generator:
 
 class _SeedPolicy:
     """The rollout's policy step on the ``(K*N, ...)`` batch: each seed's actor (run over the stacked
-    parameters) on its N envs, its sampling noise from its own generator, drawn with the shapes and order
-    `hrl_nested.rollout.actor_critic_policy` draws it in a single-seed run."""
+    parameters) on its N envs, with the noise of step t of its own draws for the rollout.
 
-    def __init__(self, template: ActorCritic, gens: Sequence[torch.Generator], num_seeds: int):
-        self.template, self.gens, self.K = template, list(gens), num_seeds
+    The noise comes in the parameters (``params["sampling_noise"]``, ``(T, K, N, A)``, from
+    `rollout_noise`) and the carry is the step index t (a ``(1,)`` int64 tensor), so a rollout has no
+    generator call and no Python branch inside: it replays as one CUDA graph. A Categorical's action is
+    the Gumbel-max of its noise and a Gaussian's ``mean + std * noise``, as in a single-seed run
+    (`hrl_nested.distributions`)."""
 
-    def __call__(self, params: dict[str, torch.Tensor], obs: Any, carry: Any) -> PolicyOutput:
-        net = {k: v for k, v in params.items() if not k.startswith("obs_norm.")}
+    def __init__(self, template: ActorCritic, num_seeds: int):
+        self.template, self.K = template, num_seeds
+
+    def __call__(self, params: dict[str, torch.Tensor], obs: Any, carry: torch.Tensor) -> PolicyOutput:
+        net = {k: v for k, v in params.items() if k != "sampling_noise" and not k.startswith("obs_norm.")}
         stats = {k[len("obs_norm.") :]: v for k, v in params.items() if k.startswith("obs_norm.")}
+        noise = params["sampling_noise"].index_select(0, carry).squeeze(0)  # (K, N, A); no host sync
         x = tree_map(lambda t: t.reshape(self.K, -1, *t.shape[1:]), obs)
         if stats:
             x = apply_stacked_stats(x, stats, lead=1)
@@ -387,22 +475,15 @@ class _SeedPolicy:
         dist = self.template.distribution(dist_params)
         flat = lambda t: t.reshape(-1, *t.shape[2:])  # noqa: E731
         if self.template.log_std is None:
-            u = self._noise(torch.rand, dist.logits)
-            gumbel = u.clamp_min_(torch.finfo(u.dtype).tiny).log_().neg_().log_()
+            gumbel = noise.clamp_min(torch.finfo(noise.dtype).tiny).log_().neg_().log_()
             action = (dist.logits.detach() - gumbel).argmax(-1)
-            return PolicyOutput(flat(action), flat(dist.log_prob(action)), flat(value), carry)
-        u = dist.mean + dist.std * self._noise(torch.randn, dist.mean)
-        return PolicyOutput(flat(u), flat(dist.log_prob(u)), flat(value), carry, flat(dist.env_action(u)))
-
-    def _noise(self, draw, like: torch.Tensor) -> torch.Tensor:
-        shape = tuple(like.shape[1:])
-        return torch.stack(
-            [draw(shape, dtype=like.dtype, device=like.device, generator=g) for g in self.gens]
-        )
+            return PolicyOutput(flat(action), flat(dist.log_prob(action)), flat(value), carry + 1)
+        u = dist.mean + dist.std * noise
+        return PolicyOutput(flat(u), flat(dist.log_prob(u)), flat(value), carry + 1, flat(dist.env_action(u)))
 
 
-def _normalize(x: Any, rmss: list[ObsNormalizer] | None, stats: dict[str, torch.Tensor]) -> Any:
-    return x if rmss is None else apply_stacked_stats(x, stats, lead=2)
+def _normalize(x: Any, stats: dict[str, torch.Tensor]) -> Any:
+    return apply_stacked_stats(x, stats, lead=2) if stats else x
 
 
 def _seed_major(x: Any, K: int) -> Any:
@@ -417,26 +498,33 @@ def _time_major(x: torch.Tensor) -> torch.Tensor:
 
 def _episode_stats(batch: Any, ep_ret: torch.Tensor, ep_len: torch.Tensor, K: int):
     """Per-seed sums of the returns and lengths of the episodes that ended in this rollout, and their
-    count, ``(K, 3)``; the running per-env accumulators carry across rollouts."""
-    ret_sum = torch.zeros_like(ep_ret)
-    len_sum = torch.zeros_like(ep_len)
+    count, ``(K, 3)``; the running per-env accumulators carry across rollouts.
+
+    No loop over time: with ``R_t = ep_ret + sum_{u<=t} r_u`` the running return had no episode ended,
+    the episodes ending at steps ``t_1 < ... < t_m`` return ``R_{t_1}, R_{t_2} - R_{t_1}, ...``, so their
+    sum telescopes to ``R_{t_m}`` (0 when none ended), and the next rollout starts from ``R_{T-1} -
+    R_{t_m}``; the same for lengths. (Integer rewards give the step-by-step sums exactly.)"""
     done = batch.terminated | batch.truncated
-    for t in range(batch.num_steps):
-        ep_ret = ep_ret + batch.rewards[t]
-        ep_len = ep_len + 1
-        ret_sum += torch.where(done[t], ep_ret, 0)
-        len_sum += torch.where(done[t], ep_len, 0)
-        ep_ret = torch.where(done[t], torch.zeros_like(ep_ret), ep_ret)
-        ep_len = torch.where(done[t], torch.zeros_like(ep_len), ep_len)
+    T = done.shape[0]
+    steps = torch.arange(T, device=done.device).unsqueeze(1)
+    running_ret = ep_ret + batch.rewards.to(ep_ret.dtype).cumsum(0)
+    running_len = ep_len + steps + 1
+    last = torch.where(done, steps, -1).amax(0)  # the last step an episode ended at, -1 for none
+    ended = last >= 0
+    at_last = last.clamp(min=0).unsqueeze(0)
+    ret_sum = torch.where(ended, running_ret.gather(0, at_last).squeeze(0), 0)
+    len_sum = torch.where(ended, running_len.gather(0, at_last).squeeze(0), 0)
+    ep_ret, ep_len = running_ret[-1] - ret_sum, running_len[-1] - len_sum
     count = done.sum(0)
     per_seed = torch.stack([ret_sum, len_sum.to(ret_sum.dtype), count.to(ret_sum.dtype)], 1)
     return ep_ret, ep_len, per_seed.reshape(K, -1, 3).sum(1).to(torch.float32)
 
 
-def _grad_fn(template: ActorCritic, cfg: PPOConfig):
-    """``grad_fn(params, mb) -> (grads, stats)`` for stacked ``(K, ...)`` params and minibatches: the
-    one PPO objective (`ppo_objective`) of each seed, vmapped over the seeds on the networks' stacked
-    outputs; the gradient of the summed losses is each seed's own gradient (the seeds share nothing)."""
+def _grad_fn(template: ActorCritic, cfg: PPOConfig, layout: FlatParams):
+    """``grad_fn(flat, mb) -> (grad, stats)`` for the ``(K, P)`` stacked parameters and ``(K, ...)``
+    minibatches: the one PPO objective (`ppo_objective`) of each seed, vmapped over the seeds on the
+    networks' stacked outputs; the gradient of the summed losses is each seed's own gradient (the seeds
+    share nothing), returned as one ``(K, P)`` tensor, with the ``(K, 5)`` objective statistics."""
 
     def objective(dist_params: torch.Tensor, value: torch.Tensor, mb: dict[str, torch.Tensor]):
         def dist_fn(_params: Any, out: tuple[torch.Tensor, torch.Tensor]):
@@ -455,12 +543,13 @@ def _grad_fn(template: ActorCritic, cfg: PPOConfig):
 
     per_seed = vmap(objective)
 
-    def grad_fn(params: dict[str, torch.Tensor], mb: dict[str, torch.Tensor]):
-        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+    def grad_fn(flat: torch.Tensor, mb: dict[str, torch.Tensor]):
+        # contiguous copies: a batched product over strided views of the flat buffer is much slower
+        leaves = {k: v.requires_grad_() for k, v in layout.dense(flat).items()}
         dist_params, value = stacked_actor_critic_apply(template, leaves, mb["obs"])
         losses, stats = per_seed(dist_params, value, {k: v for k, v in mb.items() if k != "obs"})
         grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-        return dict(zip(leaves, grads)), stats
+        return layout.cat(grads), torch.stack(list(stats), 1)
 
     return grad_fn
 
@@ -481,27 +570,28 @@ def clip_grad_norm_per_seed(
     >>> n.tolist(), [round(x, 3) for x in clipped["w"][0].tolist()]
     ([5.0, 0.5], [0.6, 0.8])
     """
-    norms = [torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads.values()]
-    total = torch.linalg.vector_norm(torch.stack(norms, 1), dim=1)
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    out = {k: g * coef.reshape(-1, *([1] * (g.dim() - 1))) for k, g in grads.items()}
-    return out, total
+    layout = FlatParams(grads)  # each seed's gradients as one row: `clip_grad_norm_rows`
+    clipped, norms = clip_grad_norm_rows(layout.flat, max_norm)
+    return layout.dense(clipped), norms
 
 
-def _checkpoint(k, iteration, env_steps, template, params, opt_state, rmss, last_eval) -> dict[str, Any]:
-    """Seed k's agent (an `ActorCritic` state dict), its Adam moments and obs statistics. A multi-seed run
-    cannot be resumed (the shared env batch is not saved); the agent can be loaded for evaluation."""
-    agent = {name: v[k].detach().clone() for name, v in params.items()}
-    return {
-        "iteration": iteration,
-        "env_steps": env_steps,
-        "agent": agent,
-        "optimizer": {
-            "count": opt_state.count.clone(),
-            "mu": {n: v[k].clone() for n, v in opt_state.mu.items()},
-            "nu": {n: v[k].clone() for n, v in opt_state.nu.items()},
-        },
-        "obs_norm": None if rmss is None else rmss[k].state_dict(),
-        "last_eval": last_eval,
-        "multiseed": True,
-    }
+def _checkpoints(seeds, iteration, env_steps, layout, flat, opt, rms, last_eval) -> dict[int, dict[str, Any]]:
+    """The checkpoints of the seeds (row indices) ``seeds``, keyed by row: each an `ActorCritic` state dict,
+    its Adam moments and obs statistics, from one host copy of all seeds' tensors. A multi-seed run cannot
+    be resumed (the shared env batch is not saved); an agent can be loaded for evaluation."""
+    mu, nu, count = opt
+    host = [layout.views(t.cpu()) for t in (flat, mu, nu)]
+    obs_norm = None if rms is None else rms.host_state_dicts()
+    out = {}
+    for k in seeds:
+        agent, m, v = ({n: t[k].clone() for n, t in views.items()} for views in host)
+        out[k] = {
+            "iteration": iteration,
+            "env_steps": env_steps,
+            "agent": agent,
+            "optimizer": {"count": count.cpu().clone(), "mu": m, "nu": v},
+            "obs_norm": None if obs_norm is None else obs_norm[k],
+            "last_eval": last_eval[k],
+            "multiseed": True,
+        }
+    return out

@@ -10,6 +10,7 @@ import torch
 
 from envs.core import TorchVectorEnv
 from hrl_nested.algos.ppo import PPOConfig
+from hrl_nested.algos.ppo_multiseed_parts import StackedObsNormalizer
 from hrl_nested.evaluation import step_success
 from hrl_nested.networks import ActorCritic
 from hrl_nested.obs_norm import ObsNormalizer, normalize
@@ -33,10 +34,12 @@ def apply_stacked_stats(x: Any, stats: dict[str, torch.Tensor], *, lead: int) ->
     return leaves if isinstance(x, dict) else leaves["obs"]
 
 
-def stacked_stats(rmss: list[ObsNormalizer] | None) -> dict[str, torch.Tensor]:
+def stacked_stats(rmss: list[ObsNormalizer] | StackedObsNormalizer | None) -> dict[str, torch.Tensor]:
     """Each seed's `ObsNormalizer.stats`, stacked: ``{"<key>.mean": (K, ...), "<key>.var": (K, ...)}``."""
     if rmss is None:
         return {}
+    if isinstance(rmss, StackedObsNormalizer):
+        return rmss.stats()
     per_seed = [r.stats() for r in rmss]
     return {k: torch.stack([s[k] for s in per_seed]) for k in per_seed[0]}
 
@@ -46,7 +49,7 @@ def evaluate_seeds(
     template: ActorCritic,
     params: dict[str, torch.Tensor],
     env: TorchVectorEnv,
-    rmss: list[ObsNormalizer] | None,
+    rmss: list[ObsNormalizer] | StackedObsNormalizer | None,
     seeds: Sequence[int],
     *,
     live: Sequence[bool],
@@ -72,6 +75,8 @@ def evaluate_seeds(
     done = torch.zeros(K * E, dtype=torch.bool, device=device)
     success = None
     running = list(live)
+    running_t = torch.tensor(running, device=device)
+    remaining = sum(running)
     stopped = [False] * K
     frozen: list[list[float] | None] = [None] * K
     hopeless = None
@@ -86,7 +91,7 @@ def evaluate_seeds(
             cols.append(success.view(K, E).float().mean(1))
         return torch.stack(cols, 1)
 
-    for step in range(env.max_episode_steps or max_steps):
+    for step in range((env.max_episode_steps or max_steps) if remaining else 0):
         x = (
             obs.reshape(K, E, *obs.shape[1:])
             if not isinstance(obs, dict)
@@ -115,14 +120,18 @@ def evaluate_seeds(
             if hopeless is not None:
                 best = torch.where(done, ret, hopeless[1]).view(K, E).sum(1)
                 flags.append(best < E * hopeless[0])
-            host_flags = torch.stack(flags, 1).tolist()
-            rows = None
-            for k in range(K):
-                if running[k] and any(host_flags[k]):
-                    rows = summary_rows().tolist() if rows is None else rows
-                    running[k], stopped[k], frozen[k] = False, not host_flags[k][0], rows[k]
-            if not any(running):
-                break
+            # one host read per check; a Python loop only over the seeds whose evaluation ends now
+            ends = torch.stack(flags, 1).any(1) & running_t
+            if bool(ends.any()):
+                idx = ends.nonzero().squeeze(1)
+                rows = summary_rows()[idx].tolist()
+                complete = flags[0][idx].tolist()
+                for k, row, all_over in zip(idx.tolist(), rows, complete):
+                    running[k], stopped[k], frozen[k] = False, not all_over, row
+                running_t[idx] = False
+                remaining -= len(rows)
+                if remaining == 0:
+                    break
     final = summary_rows().tolist()
     results: list[dict[str, float]] = []
     for k in range(K):

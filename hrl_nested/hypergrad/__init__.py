@@ -1,9 +1,12 @@
 """Hypergradients: d outer_loss(params_K(λ), λ) / dλ through an inner optimization.
 
 One entry point, :func:`hypergrad`, with five estimators (``"unrolled"``, ``"truncated"``,
-``"cg"``, ``"neumann"``, ``"es"``), and the pieces they are made of: the inner loop
-(:func:`run_inner`), Hessian-vector products (:func:`make_hvp`), the linear solvers
-(:func:`conjugate_gradient`, :func:`neumann_series`) and the per-method functions.
+``"cg"``, ``"neumann"``, ``"es"``), the options of each as a frozen dataclass
+(:class:`UnrolledOptions`, :class:`TruncatedOptions`, :class:`CGOptions`, :class:`NeumannOptions`,
+:class:`ESOptions`; ``method=CGOptions(iters=10)`` is ``method="cg", iters=10``), and the pieces
+they are made of: the inner problem and its loop (:class:`InnerProblem`, :func:`run_inner`),
+Hessian-vector products (:func:`make_hvp`), the linear solvers (:func:`conjugate_gradient`,
+:func:`neumann_series`) and the per-method functions.
 
 Example:
     >>> import torch
@@ -16,7 +19,6 @@ Example:
 """
 
 from hrl_nested.hypergrad.core import (
-    METHODS,
     HypergradResult,
     NonFiniteHypergradError,
     NonFiniteHypergradWarning,
@@ -30,15 +32,33 @@ from hrl_nested.hypergrad.implicit import (
     neumann_series,
     with_weight_decay,
 )
+from hrl_nested.hypergrad.options import (
+    METHOD_OPTIONS,
+    METHODS,
+    CGOptions,
+    ESOptions,
+    HypergradOptions,
+    NeumannOptions,
+    TruncatedOptions,
+    UnrolledOptions,
+    options_for,
+)
 from hrl_nested.hypergrad.unrolled import InnerProblem, MethodOutput, run_inner, unrolled_hypergrad
 
 __all__ = [
     "METHODS",
+    "METHOD_OPTIONS",
+    "CGOptions",
+    "ESOptions",
+    "HypergradOptions",
     "HypergradResult",
     "InnerProblem",
     "MethodOutput",
+    "NeumannOptions",
     "NonFiniteHypergradError",
     "NonFiniteHypergradWarning",
+    "TruncatedOptions",
+    "UnrolledOptions",
     "conjugate_gradient",
     "es_hypergrad",
     "es_noise",
@@ -46,6 +66,7 @@ __all__ = [
     "implicit_hypergrad",
     "make_hvp",
     "neumann_series",
+    "options_for",
     "run_inner",
     "unrolled_hypergrad",
     "with_weight_decay",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import numbers
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import torch
 from torch import Tensor
 
 from hrl_nested import optim
+from hrl_nested.hypergrad import options as opts
 from hrl_nested.hypergrad.es import es_hypergrad
 from hrl_nested.hypergrad.implicit import implicit_hypergrad, with_weight_decay
 from hrl_nested.hypergrad.unrolled import InnerProblem, MethodOutput, unrolled_hypergrad
@@ -21,30 +21,13 @@ from hrl_nested.pytree import detach_tree
 
 __all__ = ["METHODS", "HypergradResult", "NonFiniteHypergradError", "NonFiniteHypergradWarning", "hypergrad"]
 
+METHODS = opts.METHODS
+
 InnerLR = float | Callable[[Params], Tensor]
 
 # Adam's eps_root when hypergrad builds it: differentiating through an update whose gradient
 # entry is exactly zero (an idle subpolicy) is NaN without it; eps**2 moves no step more than eps does.
 ADAM_EPS_ROOT = 1e-16
-
-_REQUIRED = object()
-_COMMON = {"on_nonfinite": "raise", "max_norm": None}
-_IMPLICIT = {"stationary_loss": None, "hvp": "vjp"}
-_OPTIONS: dict[str, dict[str, Any]] = {
-    "unrolled": {},
-    "truncated": {"truncate": _REQUIRED},
-    "cg": {"iters": 20, "tol": 1e-10, "damping": 0.0, **_IMPLICIT},
-    "neumann": {"terms": 20, "alpha": None, **_IMPLICIT},
-    "es": {
-        "samples": 16,
-        "sigma": 0.01,
-        "seed": None,
-        "generator": None,
-        "chunk_size": None,
-        "vectorize": True,
-    },
-}
-METHODS = tuple(_OPTIONS)
 
 
 class NonFiniteHypergradError(FloatingPointError, RuntimeError):
@@ -68,6 +51,7 @@ class HypergradResult:
         clipped: whether ``max_norm`` scaled the hypergradient down.
         nonfinite: whether the hypergradient was non-finite (and, with ``on_nonfinite="zero"``, zeroed).
         info: method diagnostics (``cg_iters``, ``cg_residual``, ``truncate``, ``es_vectorized``, ...).
+        options: the method's options as used, defaults filled in (e.g. :class:`CGOptions`).
     """
 
     params: Params
@@ -78,57 +62,7 @@ class HypergradResult:
     clipped: bool = False
     nonfinite: bool = False
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _options(method: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """Merge defaults, reject unknown options, check every value; ValueError says expected vs got."""
-    if not isinstance(method, str) or method not in _OPTIONS:
-        raise ValueError(f"hypergrad: method must be one of {list(METHODS)}, got {method!r}")
-    allowed = {**_OPTIONS[method], **_COMMON}
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"hypergrad(method={method!r}): unknown option(s) {unknown}; "
-            f"expected a subset of {sorted(allowed)}"
-        )
-    opts = {**allowed, **given}
-    missing = [k for k, v in opts.items() if v is _REQUIRED]
-    if missing:
-        raise ValueError(f"hypergrad(method={method!r}): missing required option(s) {missing}")
-
-    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
-        "truncate": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-        "iters": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-        "tol": (lambda v: _is_real(v) and v >= 0, "a float >= 0"),
-        "damping": (lambda v: _is_real(v) and v >= 0, "a float >= 0"),
-        "terms": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-        "alpha": (lambda v: v is None or (_is_real(v) and v > 0), "None or a float > 0"),
-        "stationary_loss": (lambda v: v is None or callable(v), "None or a callable (params, hparams)"),
-        "hvp": (lambda v: v in ("jvp", "vjp"), "'jvp' or 'vjp'"),
-        "samples": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-        "sigma": (lambda v: _is_real(v) and v > 0, "a float > 0"),
-        "seed": (lambda v: v is None or _is_int(v), "None or an int"),
-        "generator": (lambda v: v is None or isinstance(v, torch.Generator), "None or a torch.Generator"),
-        "chunk_size": (lambda v: v is None or (_is_int(v) and v >= 1), "None or an int >= 1"),
-        "vectorize": (lambda v: isinstance(v, bool), "a bool"),
-        "on_nonfinite": (lambda v: v in ("raise", "zero"), "'raise' or 'zero'"),
-        "max_norm": (lambda v: v is None or (_is_real(v) and v > 0), "None or a float > 0"),
-    }
-    for name, value in opts.items():
-        ok, expected = checks[name]
-        if not ok(value):
-            raise ValueError(f"hypergrad(method={method!r}): option {name} must be {expected}, got {value!r}")
-    if method == "es" and opts["seed"] is not None and opts["generator"] is not None:
-        raise ValueError("hypergrad(method='es'): pass seed or generator, not both")
-    return opts
+    options: opts.HypergradOptions | None = None
 
 
 def _tensor_dict(x: Any, name: str, *, nonempty: bool = False) -> Params:
@@ -176,7 +110,7 @@ def _make_opt_factory(inner_optimizer: Any, inner_lr: Any) -> Callable[[Params],
                 )
             return lr.reshape(()) if isinstance(lr, Tensor) else lr
 
-    elif _is_real(inner_lr) and inner_lr > 0:
+    elif opts._is_real(inner_lr) and inner_lr > 0:
         lr_of = lambda h: float(inner_lr)
     else:
         raise ValueError(
@@ -228,7 +162,8 @@ def _global_norm(grads: Params) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in norms]))
 
 
-def _finalize(out: MethodOutput, method: str, on_nonfinite: str, max_norm: float | None) -> HypergradResult:
+def _finalize(out: MethodOutput, options: opts.HypergradOptions) -> HypergradResult:
+    method, max_norm = options.method, options.max_norm
     grads = out.grads
     norm = _global_norm(grads)
     nonfinite, clipped = False, False
@@ -241,7 +176,7 @@ def _finalize(out: MethodOutput, method: str, on_nonfinite: str, max_norm: float
             "Adam through zero-gradient entries without eps_root > 0, or an ill-conditioned Hessian "
             "(cg: raise damping; neumann: lower alpha)."
         )
-        if on_nonfinite == "raise":
+        if options.on_nonfinite == "raise":
             raise NonFiniteHypergradError(msg + " Pass on_nonfinite='zero' to report and zero it instead.")
         warnings.warn(
             msg + " The hypergradient was zeroed (result.nonfinite=True).",
@@ -262,6 +197,7 @@ def _finalize(out: MethodOutput, method: str, on_nonfinite: str, max_norm: float
         clipped=clipped,
         nonfinite=nonfinite,
         info=out.info,
+        options=options,
     )
 
 
@@ -271,7 +207,7 @@ def hypergrad(
     params: Params,
     hparams: Params,
     *,
-    method: str,
+    method: str | opts.HypergradOptions,
     inner_steps: int,
     inner_lr: InnerLR,
     inner_optimizer: str | tuple[Callable[..., Any], Callable[..., Any]] = "sgd",
@@ -301,13 +237,21 @@ def hypergrad(
     ``"zero"`` (a :class:`NonFiniteHypergradWarning`, ``result.nonfinite`` and a zero hypergradient);
     ``max_norm`` clips the global L2 norm (``result.grad_norm`` is the norm before).
 
+    Each method's options are a frozen dataclass (:class:`UnrolledOptions`,
+    :class:`TruncatedOptions`, :class:`CGOptions`, :class:`NeumannOptions`, :class:`ESOptions`,
+    in :mod:`hrl_nested.hypergrad.options`), checked when built. ``method`` is a method name with
+    its options as keywords, or such an object: ``method=CGOptions(iters=10)`` is the same call as
+    ``method="cg", iters=10``; keywords given with an object replace its fields. ``result.options``
+    holds the options used.
+
     Args:
         inner_loss: ``inner_loss(params, hparams)`` or ``inner_loss(params, hparams, step)``
             (the step index ``t``, e.g. to pick a minibatch; detected from the signature).
         outer_loss: ``outer_loss(params, hparams) -> scalar``, minimized (pass ``-J`` for a return J).
         params: the inner starting point ``w_0``, a dict of tensors.
         hparams: ``λ``, a dict of tensors; ``result.grads`` has the same keys and shapes.
-        method: ``"unrolled" | "truncated" | "cg" | "neumann" | "es"``.
+        method: ``"unrolled" | "truncated" | "cg" | "neumann" | "es"``, or an options object of
+            one of them (e.g. ``CGOptions(iters=10)``).
         inner_steps: ``K >= 0``.
         inner_lr: the inner step size: a float, or ``inner_lr(hparams) -> Tensor`` to
             meta-learn it (e.g. ``lambda h: h["log_lr"].exp()``). cg and neumann raise for a
@@ -319,7 +263,7 @@ def hypergrad(
             enters the implicit methods' default stationary loss; a pair without one counts as 0.
         opt_state: the inner optimizer's state at ``w_0`` (e.g. Adam's moments from the
             previous outer step); None initializes it.
-        **method_options: the options of ``method`` listed above.
+        **method_options: the options of ``method`` listed above (the fields of its options class).
 
     Returns:
         A :class:`HypergradResult` (``params``, ``opt_state``, ``outer_loss``, ``grads``, ...).
@@ -337,9 +281,14 @@ def hypergrad(
         ...                 method="cg", inner_steps=50, inner_lr=0.25)
         >>> res.grads["c"]  # dF/dc = 2 (w* - 3)
         tensor([-4.])
+        >>> from hrl_nested.hypergrad import CGOptions
+        >>> same = hypergrad(inner, outer, {"x": torch.zeros(1)}, {"c": torch.ones(1)},
+        ...                  method=CGOptions(), inner_steps=50, inner_lr=0.25)
+        >>> torch.equal(same.grads["c"], res.grads["c"]), res.options == same.options
+        (True, True)
     """
-    opts = _options(method, method_options)
-    if not _is_int(inner_steps) or inner_steps < 0:
+    options = opts.options_for(method, **method_options)
+    if not opts._is_int(inner_steps) or inner_steps < 0:
         raise ValueError(f"hypergrad: inner_steps must be an int >= 0, got {inner_steps!r}")
     params = _tensor_dict(params, "params")
     hparams = _tensor_dict(hparams, "hparams", nonempty=True)
@@ -355,51 +304,64 @@ def hypergrad(
     )
 
     with torch.enable_grad():  # the estimators need autograd even when called under no_grad
-        out = _dispatch(method, opts, problem, hparams, inner_loss, inner_lr, step_required)
-    return _finalize(out, method, opts["on_nonfinite"], opts["max_norm"])
+        out = _estimate(options, problem, hparams, inner_loss, inner_lr, step_required)
+    return _finalize(out, options)
 
 
-def _dispatch(
-    method: str,
-    opts: dict[str, Any],
+def _estimate(
+    options: opts.HypergradOptions,
     problem: InnerProblem,
     hparams: Params,
     inner_loss: Callable[..., Tensor],
     inner_lr: InnerLR,
     step_required: bool,
 ) -> MethodOutput:
-    """Run the estimator of ``method`` with its checked options."""
-    if method in ("unrolled", "truncated"):
-        return unrolled_hypergrad(problem, hparams, truncate=opts.get("truncate"))
-    if method in ("cg", "neumann"):
-        stationary = opts["stationary_loss"]
-        if stationary is None:
-            if step_required:
-                raise ValueError(
-                    f"hypergrad(method={method!r}): inner_loss takes a step index; pass "
-                    "stationary_loss(params, hparams), the loss params_K is stationary for"
-                )
-            # A fixed point of an update with coupled L2 weight decay wd solves ∇L + wd·w = 0.
-            stationary = with_weight_decay(inner_loss, problem.make_opt(hparams).weight_decay)
-        solver_opts = {k: opts[k] for k in ("iters", "tol", "damping", "terms", "hvp") if k in opts}
-        if method == "neumann":  # alpha defaults to the inner step size (a callable one at these hparams)
-            default_alpha = inner_lr(hparams) if callable(inner_lr) else inner_lr
-            solver_opts["alpha"] = float(default_alpha if opts["alpha"] is None else opts["alpha"])
-        return implicit_hypergrad(
-            problem,
-            hparams,
-            stationary_loss=stationary,
-            solver=method,
-            lr_users=_lr_users(inner_lr, hparams),
-            **solver_opts,
-        )
-    return es_hypergrad(
-        problem,
-        hparams,
-        samples=opts["samples"],
-        sigma=float(opts["sigma"]),
-        seed=opts["seed"],
-        generator=opts["generator"],
-        chunk_size=opts["chunk_size"],
-        vectorize=opts["vectorize"],
-    )
+    """Run the estimator that ``options`` belong to."""
+    match options:
+        case opts.UnrolledOptions():
+            return unrolled_hypergrad(problem, hparams)
+        case opts.TruncatedOptions():
+            return unrolled_hypergrad(problem, hparams, truncate=options.truncate)
+        case opts.CGOptions() | opts.NeumannOptions():
+            stationary = options.stationary_loss
+            if stationary is None:
+                if step_required:
+                    raise ValueError(
+                        f"hypergrad(method={options.method!r}): inner_loss takes a step index; pass "
+                        "stationary_loss(params, hparams), the loss params_K is stationary for"
+                    )
+                # A fixed point of an update with coupled L2 weight decay wd solves ∇L + wd·w = 0.
+                stationary = with_weight_decay(inner_loss, problem.make_opt(hparams).weight_decay)
+            return implicit_hypergrad(
+                problem,
+                hparams,
+                stationary_loss=stationary,
+                solver=options.method,
+                hvp=options.hvp,
+                lr_users=_lr_users(inner_lr, hparams),
+                **_solver_options(options, inner_lr, hparams),
+            )
+        case opts.ESOptions():
+            return es_hypergrad(
+                problem,
+                hparams,
+                samples=options.samples,
+                sigma=float(options.sigma),
+                seed=options.seed,
+                generator=options.generator,
+                chunk_size=options.chunk_size,
+                vectorize=options.vectorize,
+            )
+    raise TypeError(f"hypergrad: no estimator for {type(options).__name__}")
+
+
+def _solver_options(
+    options: opts.CGOptions | opts.NeumannOptions, inner_lr: InnerLR, hparams: Params
+) -> dict[str, Any]:
+    """The linear solver's options; neumann's ``alpha`` defaults to the inner step size (at ``hparams``)."""
+    if isinstance(options, opts.CGOptions):
+        return {"iters": options.iters, "tol": options.tol, "damping": options.damping}
+    alpha = options.alpha
+    if alpha is None:
+        alpha = inner_lr(hparams) if callable(inner_lr) else inner_lr
+    return {"terms": options.terms, "alpha": float(alpha)}

@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from hrl_nested.hypergrad.unrolled import InnerProblem, MethodOutput, check_scalar, run_inner
+from hrl_nested.hypergrad.unrolled import InnerProblem, MethodOutput, check_scalar
 from hrl_nested.optim import Params
 from hrl_nested.pytree import detach_tree
 
@@ -86,29 +86,20 @@ def es_hypergrad(
 
     Example:
         >>> from hrl_nested.optim import sgd
-        >>> prob = InnerProblem(
-        ...     loss_t=lambda w, h, t: ((w["x"] - h["c"]) ** 2).sum(),
-        ...     outer_loss=lambda w, h: w["x"].sum(),
-        ...     make_opt=lambda h: sgd(0.5),
-        ...     params={"x": torch.zeros(1)},
-        ...     opt_state=None,
-        ...     inner_steps=1,
-        ... )
+        >>> loss = lambda w, h, t: ((w["x"] - h["c"]) ** 2).sum()  # one step of 0.5 lands on w = c
+        >>> outer = lambda w, h: w["x"].sum()
+        >>> prob = InnerProblem.with_optimizer(loss, outer, {"x": torch.zeros(1)}, sgd(0.5), inner_steps=1)
         >>> res = es_hypergrad(prob, {"c": torch.ones(1)}, samples=2000, sigma=0.1, seed=0)
         >>> round(res.grads["c"].item(), 1)  # f(c) = c: the estimate is mean(ε²), unbiased for 1
         1.0
     """
-    K = problem.inner_steps
     hp = detach_tree(hparams)
 
     def objective(h: Params) -> Tensor:
-        w, _ = run_inner(problem.loss_t, problem.make_opt(h), problem.params, problem.opt_state, h, range(K))
-        return check_scalar(problem.outer_loss(w, h), "outer_loss")
+        return check_scalar(problem.outer_loss(problem.run(h)[0], h), "outer_loss")
 
     with torch.no_grad():
-        w_K, state = run_inner(
-            problem.loss_t, problem.make_opt(hp), problem.params, problem.opt_state, hp, range(K)
-        )
+        w_K, state = problem.run(hp)
         outer = check_scalar(problem.outer_loss(w_K, hp), "outer_loss")
 
         eps = es_noise(hp, samples, seed=seed, generator=generator)

@@ -23,7 +23,6 @@ from hrl_nested.hypergrad.unrolled import (
     InnerProblem,
     MethodOutput,
     check_scalar,
-    run_inner,
     zeros_for_none,
 )
 from hrl_nested.optim import Params
@@ -305,28 +304,15 @@ def implicit_hypergrad(
 
     Example:
         >>> from hrl_nested.optim import sgd
-        >>> prob = InnerProblem(
-        ...     loss_t=lambda w, h, t: ((w["x"] - h["c"]) ** 2).sum(),
-        ...     outer_loss=lambda w, h: w["x"].sum(),
-        ...     make_opt=lambda h: sgd(0.25),
-        ...     params={"x": torch.zeros(1)},
-        ...     opt_state=None,
-        ...     inner_steps=2,
-        ... )
-        >>> L = lambda w, h: ((w["x"] - h["c"]) ** 2).sum()
+        >>> L = lambda w, h: ((w["x"] - h["c"]) ** 2).sum()  # w* = c
+        >>> loss, outer = (lambda w, h, t: L(w, h)), (lambda w, h: w["x"].sum())
+        >>> prob = InnerProblem.with_optimizer(loss, outer, {"x": torch.zeros(1)}, sgd(0.25), inner_steps=2)
         >>> implicit_hypergrad(prob, {"c": torch.ones(1)}, stationary_loss=L, solver="cg").grads["c"]
         tensor([1.])
     """
     hp0 = detach_tree(hparams)
     with torch.no_grad():
-        w_K, state = run_inner(
-            problem.loss_t,
-            problem.make_opt(hp0),
-            problem.params,
-            problem.opt_state,
-            hp0,
-            range(problem.inner_steps),
-        )
+        w_K, state = problem.run(hp0)
     w_K, state = detach_tree(w_K), detach_tree(state)
     w = {k: v.clone().requires_grad_() for k, v in w_K.items()}
     lam = {k: v.clone().requires_grad_() for k, v in hp0.items()}

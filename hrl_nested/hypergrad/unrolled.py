@@ -1,7 +1,7 @@
 """The inner loop, and hypergradients by differentiating through it (unrolled and truncated).
 
-Every estimator runs the same inner loop: K steps of a differentiable optimizer from
-:mod:`hrl_nested.optim` on ``inner_loss(params, hparams, step)``. Here it is either kept
+Every estimator runs the same inner loop, :meth:`InnerProblem.run`: K steps of a differentiable
+optimizer from :mod:`hrl_nested.optim` on ``inner_loss(params, hparams, step)``. Here it is either kept
 on the autograd tape (reverse-mode through the whole or the last ``T`` steps), or run
 detached under ``torch.no_grad`` so that memory does not grow with K.
 """
@@ -49,6 +49,30 @@ class InnerProblem(NamedTuple):
     params: Params
     opt_state: Any
     inner_steps: int
+
+    @classmethod
+    def with_optimizer(
+        cls, loss_t: StepLoss, outer_loss: OuterLoss, params: Params, opt: Optimizer, *, inner_steps: int
+    ) -> InnerProblem:
+        """A problem whose inner optimizer does not depend on the hparams, started from ``opt.init``."""
+        return cls(loss_t, outer_loss, lambda h: opt, params, None, inner_steps)
+
+    def run(
+        self, hparams: Params, steps: Iterable[int] | None = None, start: tuple[Params, Any] | None = None
+    ) -> tuple[Params, Any]:
+        """The inner loop at ``hparams`` (:func:`run_inner` with the optimizer built there).
+
+        Args:
+            hparams: ``λ``.
+            steps: the step indices to run; None: all of them, ``range(inner_steps)``.
+            start: ``(params, opt_state)`` to start from; None: ``(self.params, self.opt_state)``.
+
+        Returns:
+            The params and optimizer state after the steps.
+        """
+        params, state = (self.params, self.opt_state) if start is None else start
+        steps = range(self.inner_steps) if steps is None else steps
+        return run_inner(self.loss_t, self.make_opt(hparams), params, state, hparams, steps)
 
 
 class MethodOutput(NamedTuple):
@@ -142,26 +166,19 @@ def unrolled_hypergrad(
 
     Example:
         >>> from hrl_nested.optim import sgd
-        >>> prob = InnerProblem(
-        ...     loss_t=lambda w, h, t: ((w["x"] - h["c"]) ** 2).sum(),
-        ...     outer_loss=lambda w, h: w["x"].sum(),
-        ...     make_opt=lambda h: sgd(0.25),
-        ...     params={"x": torch.zeros(1)},
-        ...     opt_state=None,
-        ...     inner_steps=2,
-        ... )
+        >>> loss = lambda w, h, t: ((w["x"] - h["c"]) ** 2).sum()
+        >>> outer = lambda w, h: w["x"].sum()
+        >>> prob = InnerProblem.with_optimizer(loss, outer, {"x": torch.zeros(1)}, sgd(0.25), inner_steps=2)
         >>> unrolled_hypergrad(prob, {"c": torch.ones(1)}).grads["c"]  # 1 - (1 - 2 * 0.25) ** 2
         tensor([0.7500])
     """
     K = problem.inner_steps
     T = K if truncate is None else min(truncate, K)
     hp = {k: v.detach().requires_grad_() for k, v in hparams.items()}
-    state = problem.opt_state
     with torch.no_grad():
-        w, state = run_inner(problem.loss_t, problem.make_opt(hp), problem.params, state, hp, range(K - T))
-    w, state = detach_tree(w), detach_tree(state)
-    # Rebuilt with the tape on: a step size that depends on λ enters the graph here.
-    w, state = run_inner(problem.loss_t, problem.make_opt(hp), w, state, hp, range(K - T, K))
+        w, state = problem.run(hp, range(K - T))
+    # The optimizer is rebuilt with the tape on: a step size that depends on λ enters the graph here.
+    w, state = problem.run(hp, range(K - T, K), start=(detach_tree(w), detach_tree(state)))
     outer = check_scalar(problem.outer_loss(w, hp), "outer_loss")
     if outer.requires_grad:
         raw = torch.autograd.grad(outer, list(hp.values()), allow_unused=True)

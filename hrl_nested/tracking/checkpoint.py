@@ -95,11 +95,13 @@ def require_keys(state: Mapping[str, Any], keys: Sequence[str], path: str | Path
             )
 
 
-def reset_for_resume(env: Any, env_id: str, seed: int, iteration: int) -> Any:
+def reset_for_resume(env: Any, env_id: str, seed: int, iteration: int, reset: Any = None) -> Any:
     """Reset ``env`` for a resumed run whose env state could not be checkpointed (a simulator's), with
-    a reset seed of its own, ``seed + 1_000_003 * iteration``, and say so; returns the observation."""
+    a reset seed of its own, ``seed + 1_000_003 * iteration``, and say so; returns the observation.
+    ``reset``: optional ``reset(seed) -> (obs, info)`` in place of ``env.reset(seed=...)`` (a torchrun
+    rank resets its envs with their global indices, `hrl_nested.distributed.reset_shard`)."""
     reset_seed = seed + 1_000_003 * iteration
-    obs, _ = env.reset(seed=reset_seed)
+    obs, _ = env.reset(seed=reset_seed) if reset is None else reset(reset_seed)
     print(
         f"resume: {env_id} keeps its state in a simulator, which a checkpoint cannot hold; the learner "
         f"(networks, optimizers, obs statistics, RNG, counters) is restored and the envs start fresh "

@@ -11,9 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
+_PLAIN = frozenset((int, float, str, bool, type(None)))
+
 
 def jsonable(x: Any) -> Any:
     """Tensors, numpy scalars, paths and tuples as plain JSON values."""
+    if type(x) in _PLAIN:  # a metrics row's values: skip the isinstance chain (K rows per iteration)
+        return x
     if isinstance(x, torch.Tensor):
         return x.item() if x.numel() == 1 else x.tolist()
     if isinstance(x, np.generic):

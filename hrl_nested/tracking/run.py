@@ -32,6 +32,9 @@ class Run:
         progress: show a tqdm bar; None: only when stderr is a terminal.
         run_id: the W&B run id of a fresh run (default: `choose_run_id`, i.e. ``$WANDB_RUN_ID`` when
             ``wandb agent`` set it, else a new id). A resumed run keeps the id its checkpoint holds.
+        writer: False for a rank other than 0 of a ``torchrun`` run (`hrl_nested.distributed`): it reads
+            the checkpoint on resume (``resume_state``) but writes nothing: no directory, metrics, W&B,
+            progress bar, checkpoint or summary; rank 0 writes them for the whole run.
 
     Each checkpoint is also logged to W&B as a version of the artifact ``checkpoint-<run_id>`` (type
     ``checkpoint``, alias ``step-<env_steps>``), and `finish` logs the last checkpoint as the artifact
@@ -53,9 +56,13 @@ class Run:
         checkpoint_every_s: float = 300.0,
         progress: bool | None = None,
         run_id: str | None = None,
+        writer: bool = True,
     ):
         self._t0 = time.perf_counter()
         self.dir = None if run_dir is None else Path(run_dir)
+        self._checkpoint_file = None if self.dir is None else self.dir / CHECKPOINT_NAME
+        if not writer:
+            wandb_mode, progress = "disabled", False
         self.resume = bool(resume)
         self.info = {"algo": algo, "env": env, "seed": seed}
         self.config = dict(config)
@@ -69,7 +76,7 @@ class Run:
         self._bar = None
         self._wandb: WandbLogger | None = None
         self.started = False
-        if self.dir is not None:  # checked now, created in `start`: a run that fails before leaves nothing
+        if self.dir is not None and writer:  # checked now, created in `start`: a failed run leaves nothing
             check_run_dir(self.dir, resume=self.resume)
         run_id = run_id or choose_run_id()
         if self.resume:
@@ -80,12 +87,14 @@ class Run:
             self._wall_offset = float(self.resume_state.get("wall_s", 0.0))
             run_id = self.resume_state.get("wandb_run_id") or run_id
         self.run_id = run_id
+        if not writer:  # every write below is conditioned on a directory
+            self.dir = None
         self._last_ckpt = time.perf_counter()
 
     @property
     def checkpoint_path(self) -> Path | None:
         """``run_dir/checkpoint.pt`` (None for an in-memory run)."""
-        return None if self.dir is None else self.dir / CHECKPOINT_NAME
+        return self._checkpoint_file
 
     def start(self) -> Run:
         """Open the run: create the directory, write ``config.json``, cut ``metrics.jsonl`` back to the
