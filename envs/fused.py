@@ -224,6 +224,17 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((a == b) | (a.isnan() & b.isnan()) if a.is_floating_point() else (a == b)).all())
 
 
+def compile_failure(e: BaseException) -> tuple[BaseException, str]:
+    """The error behind a failed ``torch.compile`` and its first line (at most 160 characters), for a
+    one-line notice: dynamo wraps the backend's error (``BackendCompilerFailed``), so follow
+    ``inner_exception`` / ``__cause__`` to the original."""
+    root = e
+    while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+        root = inner
+    text = str(root).strip()
+    return root, text.splitlines()[0][:160] if text else ""
+
+
 class _DirectCall:
     """A compiled graph with its inputs: the env's fixed tensors and one slot for the action."""
 
@@ -301,10 +312,7 @@ class CompiledStep:
             # The traced step (and the verification's) may have run before the failure: take the eager
             # step from the state the user's step started from, not a second step after it.
             env.set_state(before)
-            root = e
-            while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
-                root = inner  # dynamo wraps the backend's error (BackendCompilerFailed): name the original
-            first = str(root).strip().splitlines()[0][:160] if str(root).strip() else ""
+            root, first = compile_failure(e)
             _log.warning(
                 "envs: compile='auto' could not compile the %s step (%s: %s); running it eagerly "
                 "(pass compile=False to skip the attempt)",

@@ -40,7 +40,7 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 
 import envs
-from envs.fused import _private_copy, uncompiled_steps
+from envs.fused import _private_copy, compile_failure, uncompiled_steps
 from hrl_nested.batch import Batch
 from hrl_nested.distributions import DiagGaussian
 from hrl_nested.exploration import Exploration
@@ -466,10 +466,7 @@ class Collector:
         except Exception as e:  # noqa: BLE001 - compile_step="auto" must never cost the user their rollout
             self._rewind(snapshot)
             self._step_fn, self._fused, self.compiled = self._step, False, False
-            root = e
-            while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
-                root = inner  # dynamo wraps the backend's error (BackendCompilerFailed): name the original
-            first = str(root).strip().splitlines()[0][:160] if str(root).strip() else ""
+            root, first = compile_failure(e)
             _log.warning(
                 "hrl_nested: compile_step='auto' could not compile the rollout step (%s: %s); running it "
                 "eagerly (pass compile_step=False to skip the attempt)",

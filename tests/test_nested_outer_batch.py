@@ -26,6 +26,8 @@ from hrl_nested.hierarchy import GoalBounds, Hierarchy
 from hrl_nested.hypergrad import hypergrad, run_inner
 from hrl_nested.nested_objective import PolicyBatch, ShapingBatch, clip_by_global_norm
 from hrl_nested.shaping import init_goal_shaping
+from tests._finite_differences import central_differences
+from tests._hierarchies import small_hierarchy
 from tests._scripts import load_script
 
 D = torch.float64
@@ -35,17 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _hierarchy() -> Hierarchy:
     torch.manual_seed(0)
-    return Hierarchy(
+    return small_hierarchy(
         gym.spaces.Box(-1, 1, (3,)),
         gym.spaces.Discrete(3),
         GoalBounds(-torch.ones(2), torch.ones(2), "test"),
-        num_subpolicies=2,
         hidden=(5,),
-        relative_goals=False,
-        horizon=3,
         tolerance=0.2,
-        norm_obs=False,
-        device=torch.device("cpu"),
     )
 
 
@@ -117,16 +114,7 @@ def _fd(prev, io_next, pending, opt, phi, eps=1e-6):
             )
             return float(io_next.outer_loss(w, p))
 
-    out = {}
-    for name, v in phi.items():
-        grad = torch.zeros_like(v)
-        for i in range(v.numel()):
-            plus, minus = v.clone(), v.clone()
-            plus.view(-1)[i] += eps
-            minus.view(-1)[i] -= eps
-            grad.view(-1)[i] = (f({**phi, name: plus}) - f({**phi, name: minus})) / (2 * eps)
-        out[name] = grad
-    return out
+    return central_differences(f, phi, eps)
 
 
 _FIXED_MINIBATCHES = [torch.tensor([0, 3, 5, 6]), torch.tensor([1, 2, 4, 7])]

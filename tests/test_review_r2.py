@@ -18,10 +18,11 @@ import pytest
 import torch
 
 import envs
-from hrl_nested.hierarchy import Hierarchy, goal_bounds
+from hrl_nested.hierarchy import goal_bounds
 from hrl_nested.pytree import tree_leaves
 from hrl_nested.rollout import make_rollout
 from hrl_nested.tracking.checkpoint import load_checkpoint, save_checkpoint
+from tests._hierarchies import small_hierarchy
 from tests._scripts import load_script
 
 CPU = torch.device("cpu")
@@ -35,17 +36,8 @@ def _nested_collector(fused: bool, num_envs: int = 4, num_steps: int = 7):
         "hrl_nested/PointMaze-U-v0", num_envs, autoreset_mode="same_step", validate=False, max_episode_steps=5
     )
     torch.manual_seed(0)
-    h = Hierarchy(
-        env.single_observation_space,
-        env.single_action_space,
-        goal_bounds(env.goal_space, 1.0, CPU),
-        num_subpolicies=2,
-        hidden=(8,),
-        relative_goals=False,
-        horizon=3,
-        tolerance=0.05,
-        norm_obs=False,
-        device=CPU,
+    h = small_hierarchy(
+        env.single_observation_space, env.single_action_space, goal_bounds(env.goal_space, 1.0, CPU)
     )
     collect = make_rollout(
         env, h.policy_fn(), num_steps, capture="none", reset_carry=h.reset_carry, compile_step=fused

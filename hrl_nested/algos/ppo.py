@@ -132,6 +132,17 @@ class PPOConfig:
     state_shaping_fields: ClassVar[tuple[str, ...]] = ("num_steps", "hidden", "norm_obs")
     """Fields a resumed run may not change: the batch shape, the network sizes, obs normalization."""
 
+    def objective_kwargs(self) -> dict[str, Any]:
+        """The clipped objective's settings (`hrl_nested.ppo_objective.ppo_objective`'s keywords), for the
+        one-process loss and the torchrun shard's alike."""
+        return dict(
+            clip_coef=self.clip_coef,
+            vf_coef=self.vf_coef,
+            ent_coef=self.ent_coef,
+            norm_adv=self.norm_adv,
+            clip_vloss=self.clip_vloss,
+        )
+
     def validate(self, task: Task | None = None) -> None:
         """Raise `ConfigError` naming the first bad field; with ``task``, also the cross-field checks
         (``num_minibatches`` divides the batch ``num_envs * num_steps``)."""
@@ -391,16 +402,7 @@ def ppo_loss(
         dist_params, v = actor_critic_apply(agent, params, obs)
         return agent.distribution(dist_params), v
 
-    return ppo_objective(
-        dist_fn,
-        dict(agent.named_parameters()),
-        mb,
-        clip_coef=cfg.clip_coef,
-        vf_coef=cfg.vf_coef,
-        ent_coef=cfg.ent_coef,
-        norm_adv=cfg.norm_adv,
-        clip_vloss=cfg.clip_vloss,
-    )
+    return ppo_objective(dist_fn, dict(agent.named_parameters()), mb, **cfg.objective_kwargs())
 
 
 def _make_update_step(agent: ActorCritic, optimizer: torch.optim.Optimizer, cfg: PPOConfig):

@@ -101,11 +101,7 @@ def shard_gradients(
             dict(zip(names, params, strict=True)),
             mb,
             union,
-            clip_coef=cfg.clip_coef,
-            vf_coef=cfg.vf_coef,
-            ent_coef=cfg.ent_coef,
-            norm_adv=cfg.norm_adv,
-            clip_vloss=cfg.clip_vloss,
+            **cfg.objective_kwargs(),
         )
         grads = torch.autograd.grad(loss_sum, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
