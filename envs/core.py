@@ -15,7 +15,7 @@ per-env variables, with the Gymnasium-layout physics under ``"state"``):
 
 Hooks must be pure tensor functions of their inputs (no Python branches on tensor values), so that
 the same code runs eagerly, under ``torch.compile`` and inside a captured CUDA graph. The step itself
-(`envs.fused.fused_step`) is shared by every env; ``compile=True`` turns it into one kernel.
+(`envs.compiled_step.fused_step`) is shared by every env; ``compile=True`` turns it into one kernel.
 
 ``(N, D)`` variables are stored column-major (strides ``(1, N)``): still ``(N, D)`` tensors, row ``i``
 for env ``i``, but each column is contiguous, which is what a vectorized kernel over envs reads.
@@ -36,7 +36,7 @@ from gymnasium.vector.utils import batch_space
 
 from envs import rng
 from envs.actions import ActionRule
-from envs.fused import RESET_STREAM, CompiledStep, fused_step, resolve_compile
+from envs.compiled_step import RESET_STREAM, CompiledStep, fused_step, resolve_compile
 from envs.goal import GoalAccess
 from envs.options import EnvOptions, Unpack, resolve_env_options
 from envs.pytree import Obs, contiguous, where_rows
@@ -224,7 +224,7 @@ class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
             every env. Also ``True``: ``Box`` actions must have the env's dtype. See `envs.actions`.
             Shape, device and integer-vs-float are always checked.
         compile: ``"auto"`` (the default): compile on CUDA, and on CPU from 4096 envs
-            (`envs.fused.AUTO_COMPILE_MIN_ENVS_CPU`), where the compiled step is several times faster
+            (`envs.compiled_step.AUTO_COMPILE_MIN_ENVS_CPU`), where the compiled step is several times faster
             than the eager one; the first compile in a process logs one line (logger ``envs``), inductor's
             on-disk FX-graph cache makes later processes' compiles faster, and a compile that fails
             falls back to the eager step with a warning. ``True`` / ``False``: always / never.
@@ -233,7 +233,8 @@ class TorchVectorEnv(RenderMixin, GoalAccess, VectorEnv):
             low bits (see below); random numbers, integer state and autoreset are the same bits.
             A compiled step runs through ``torch.compile``: the sanitising of actions, the transition, the
             autoreset, the time limit and every in-place buffer write become one fused kernel (CPU and
-            CUDA), called without dynamo's per-call overhead (`envs.fused.CompiledStep`). The first step
+            CUDA), called without dynamo's per-call overhead
+            (`envs.compiled_step.CompiledStep`). The first step
             compiles (seconds, see ``compile_seconds``). Assigning an attribute of the env later
             (``env.max_episode_steps = 100``) triggers a re-trace; assigning ``env.state`` copies in
             place and does not. The kernel computes the same dynamics with other math routines

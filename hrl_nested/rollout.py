@@ -40,7 +40,7 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 
 import envs
-from envs.fused import _private_copy, compile_failure, uncompiled_steps
+from envs.compiled_step import _private_copy, compile_failure, uncompiled_steps
 from hrl_nested.batch import Batch
 from hrl_nested.distributions import DiagGaussian
 from hrl_nested.exploration import Exploration
@@ -282,8 +282,8 @@ class Collector:
         self._auto_untried = self._fused and compile_step == "auto"
         self._step_fn = self._step
         if self.compiled:
-            # A code object of its own (envs.fused's reason: dynamo caches graphs per code object, at most
-            # 8; every collector of a process would otherwise be a recompilation of Collector._step).
+            # A code object of its own (envs.compiled_step's reason: dynamo caches graphs per code object,
+            # at most 8; every collector of a process would otherwise be a recompilation of Collector._step).
             self._step = types.MethodType(_private_copy(Collector._step), self)
             self._step_fn = torch.compile(self._step, dynamic=False, backend=inductor_eager_rng)
 

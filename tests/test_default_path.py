@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import envs
-import envs.fused
+import envs.compiled_step
 from envs import rng
-from envs.fused import AUTO_COMPILE_MIN_ENVS_CPU, resolve_compile
+from envs.compiled_step import AUTO_COMPILE_MIN_ENVS_CPU, resolve_compile
 
 N = 24  # small: the tests lower the CPU threshold of compile="auto" to this size
 FOUR_ROOMS = dict(slip_prob=1.0 / 3.0, max_episode_steps=7)  # slips and frequent time limits
@@ -44,8 +44,8 @@ def test_make_defaults_to_auto():
 def default_env():
     """A FourRooms env made with default options, compiled by compile="auto" (threshold lowered)."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(envs.fused, "AUTO_COMPILE_MIN_ENVS_CPU", N)
-    mp.setattr(envs.fused, "_notice_given", False)
+    mp.setattr(envs.compiled_step, "AUTO_COMPILE_MIN_ENVS_CPU", N)
+    mp.setattr(envs.compiled_step, "_notice_given", False)
     try:
         env = envs.make("hrl_nested/FourRooms-v0", N, **FOUR_ROOMS)
         assert env.compiled and env._compiled_step.auto
@@ -129,9 +129,9 @@ def test_failed_auto_compile_falls_back_to_eager(monkeypatch, caplog):
     def broken_backend(gm, example_inputs):
         raise RuntimeError("no C++ compiler here")
 
-    monkeypatch.setattr(envs.fused, "AUTO_COMPILE_MIN_ENVS_CPU", 8)
-    monkeypatch.setattr(envs.fused, "inductor_backend", broken_backend)
-    monkeypatch.setattr(envs.fused, "_notice_given", False)
+    monkeypatch.setattr(envs.compiled_step, "AUTO_COMPILE_MIN_ENVS_CPU", 8)
+    monkeypatch.setattr(envs.compiled_step, "inductor_backend", broken_backend)
+    monkeypatch.setattr(envs.compiled_step, "_notice_given", False)
     env = envs.make("hrl_nested/CartPole-v1", 8, dtype=torch.float64)
     eager = envs.make("hrl_nested/CartPole-v1", 8, dtype=torch.float64, compile=False)
     with caplog.at_level(logging.WARNING, logger="envs"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import envs
-import envs.fused
-from envs.fused import fused_step
+import envs.compiled_step
+from envs.compiled_step import fused_step
 from hrl_nested.algos import ppo_multiseed
 from tests._scripts import load_script
 
@@ -64,9 +64,9 @@ def test_failed_auto_compile_after_its_step_does_not_step_twice(monkeypatch):
         fused_step(self.env, actions, *buffers)  # the compiled step ran and wrote the buffers...
         raise RuntimeError("verification failed")  # ...then something after it raised
 
-    monkeypatch.setattr(envs.fused, "AUTO_COMPILE_MIN_ENVS_CPU", 8)
-    monkeypatch.setattr(envs.fused, "_notice_given", True)
-    monkeypatch.setattr(envs.fused.CompiledStep, "_compile", compile_then_fail)
+    monkeypatch.setattr(envs.compiled_step, "AUTO_COMPILE_MIN_ENVS_CPU", 8)
+    monkeypatch.setattr(envs.compiled_step, "_notice_given", True)
+    monkeypatch.setattr(envs.compiled_step.CompiledStep, "_compile", compile_then_fail)
     auto, eager = _pair()("auto"), _pair()(False)
     assert auto._compiled_step is not None
     a = torch.tensor([0, 1] * 4)
@@ -85,10 +85,10 @@ def test_first_compile_inside_a_cuda_graph_capture_is_a_clear_error(monkeypatch,
     def must_not_compile(self, key, actions, buffers):
         raise AssertionError("compiled inside a capture")
 
-    monkeypatch.setattr(envs.fused, "AUTO_COMPILE_MIN_ENVS_CPU", 8)
-    monkeypatch.setattr(envs.fused, "_notice_given", True)
-    monkeypatch.setattr(envs.fused.CompiledStep, "_compile", must_not_compile)
-    monkeypatch.setattr(envs.fused, "_stream_capturing", lambda device: True, raising=False)
+    monkeypatch.setattr(envs.compiled_step, "AUTO_COMPILE_MIN_ENVS_CPU", 8)
+    monkeypatch.setattr(envs.compiled_step, "_notice_given", True)
+    monkeypatch.setattr(envs.compiled_step.CompiledStep, "_compile", must_not_compile)
+    monkeypatch.setattr(envs.compiled_step, "_stream_capturing", lambda device: True, raising=False)
     env = _pair()(compile)
     before = env._state()
     with pytest.raises(RuntimeError, match="CUDA graph capture"):
@@ -106,7 +106,8 @@ def test_seed_batch_steps_as_the_single_seed_batch_does(monkeypatch, one_thread)
     from hrl_nested.algos.ppo import PPOConfig
 
     n, k, t = 32, 3, 16
-    monkeypatch.setattr(envs.fused, "AUTO_COMPILE_MIN_ENVS_CPU", 2 * n)  # N eager, K x N would compile
+    # N eager, K x N would compile
+    monkeypatch.setattr(envs.compiled_step, "AUTO_COMPILE_MIN_ENVS_CPU", 2 * n)
     made = []
     make_env = ppo._make_env
 

@@ -58,8 +58,8 @@ from typing import Any
 import torch
 from torch.func import stack_module_state, vmap
 
+from envs.compiled_step import resolve_compile
 from envs.core import TorchVectorEnv
-from envs.fused import resolve_compile
 from hrl_nested.algos import ConfigError, Task, check, positive_int, ppo, resolve_device
 from hrl_nested.algos.ppo import PPOConfig, metrics_row
 from hrl_nested.algos.ppo_multiseed_eval import apply_stacked_stats, evaluate_seeds
@@ -426,7 +426,7 @@ def _check_supported(cfg: PPOConfig, runs: Sequence[Run] | None) -> None:
 def _make_seeds_env(env_id: str, num_seeds: int, per_seed: int, device: torch.device) -> Any:
     """The env batch of ``num_seeds x per_seed`` envs, stepping as a single-seed run's ``per_seed`` do.
 
-    ``compile="auto"`` compiles a CPU batch from `envs.fused.AUTO_COMPILE_MIN_ENVS_CPU` envs on, and a
+    ``compile="auto"`` compiles a CPU batch from `envs.compiled_step.AUTO_COMPILE_MIN_ENVS_CPU` envs on, and a
     compiled step's floats differ from the eager step's in the low bits (so would the sampled actions):
     where K x N crosses that size and N does not, the batch is made eager, as the single-seed runs'.
     """
