@@ -224,15 +224,60 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((a == b) | (a.isnan() & b.isnan()) if a.is_floating_point() else (a == b)).all())
 
 
+def is_compile_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a failure of ``torch.compile``'s machinery rather than an error of the code compiled.
+
+    True when ``e`` or an error it wraps (``inner_exception`` / ``__cause__``) is a dynamo exception
+    (``BackendCompilerFailed``, ``InductorError``, ``Unsupported``, ``TorchRuntimeError``, ...) or one of
+    inductor's own (``CppCompileError``, ``LoweringException``, ...). A user's error met while tracing
+    (a wrong action shape, a ``KeyError`` in a policy) reaches the caller as itself, so it is False:
+    an ``"auto"`` compile may fall back to eager on a True only. ``TorchRuntimeError`` (an op that
+    failed on fake tensors) may still be the user's bug: callers confirm by running eagerly.
+
+    >>> is_compile_failure(ValueError("actions: expected shape (8,), got (4,)"))
+    False
+    """
+    from torch._dynamo.exc import TorchDynamoException
+
+    x: BaseException | None = e
+    seen: set[int] = set()  # a chain may loop (``a.__cause__ = b; b.__cause__ = a``): stop, not spin
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if isinstance(x, TorchDynamoException) or type(x).__module__.startswith("torch._inductor"):
+            return True
+        x = getattr(x, "inner_exception", None) or x.__cause__
+    return False
+
+
 def compile_failure(e: BaseException) -> tuple[BaseException, str]:
     """The error behind a failed ``torch.compile`` and its first line (at most 160 characters), for a
     one-line notice: dynamo wraps the backend's error (``BackendCompilerFailed``), so follow
     ``inner_exception`` / ``__cause__`` to the original."""
-    root = e
+    root, seen = e, {id(e)}  # a chain may loop: stop at the first error met twice
     while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+        if id(inner) in seen:
+            break
+        seen.add(id(inner))
         root = inner
     text = str(root).strip()
     return root, text.splitlines()[0][:160] if text else ""
+
+
+def warn_compile_fallback(log: logging.Logger, option: str, what: str, failure: BaseException) -> None:
+    """The one warning of a ``option="auto"`` compile that failed and now runs eagerly (the env step's
+    ``compile``, the rollout's ``compile_step``): the root error (`compile_failure`) and how to skip the
+    attempt, as ``"<logger>: <option>='auto' could not compile the <what> (<Error>: <first line>); ..."``."""
+    root, first = compile_failure(failure)
+    log.warning(
+        "%s: %s='auto' could not compile the %s (%s: %s); running it eagerly "
+        "(pass %s=False to skip the attempt)",
+        log.name,
+        option,
+        what,
+        type(root).__name__,
+        first,
+        option,
+    )
 
 
 class _DirectCall:
@@ -259,6 +304,8 @@ class CompiledStep:
         auto: compiled because of ``compile="auto"``: the first compile in a process logs a one-line
             notice (logger ``envs``), and a compile that fails (no C++ compiler, an inductor bug) logs a
             warning and leaves the step eager (the same branch-free step, uncompiled) instead of raising.
+            An error that the eager step reproduces (a bug in the env's own transition) is not the
+            compiler's: it is raised as the eager step raises it, with no warning.
 
     Attributes:
         compile_seconds: wall time spent tracing and compiling (and verifying) so far.
@@ -308,19 +355,18 @@ class CompiledStep:
         try:
             return self._compile(key, actions, buffers)
         except Exception as e:  # noqa: BLE001 - compile="auto" must never cost the user their env
-            self.failed = e
             # The traced step (and the verification's) may have run before the failure: take the eager
-            # step from the state the user's step started from, not a second step after it.
+            # step (or leave the env) at the state the user's step started from, not a second step after it.
             env.set_state(before)
-            root, first = compile_failure(e)
-            _log.warning(
-                "envs: compile='auto' could not compile the %s step (%s: %s); running it eagerly "
-                "(pass compile=False to skip the attempt)",
-                type(env).__name__,
-                type(root).__name__,
-                first,
-            )
-            return fused_step(env, actions, *buffers)
+            failure = e
+        # Outside the except block, the eager step from the same state tells whose error it was: if it fails
+        # too, the error is the env's own (a bug in its transition, met while tracing) and is raised as the
+        # eager step raises it, with no fallback notice and the compile tried again next call; if it runs,
+        # the compiler failed (`is_compile_failure`, or a verification that raised): warn and stay eager.
+        out = fused_step(env, actions, *buffers)
+        self.failed = failure
+        warn_compile_fallback(_log, "compile", f"{type(env).__name__} step", failure)
+        return out
 
     def _dynamo_step(self) -> Callable[..., Any]:
         if self._dynamo is None:

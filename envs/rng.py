@@ -28,7 +28,10 @@ arithmetic runs in NumPy ``uint64`` (exact 64-bit products, five array ops a rou
 which keeps the eager step as fast as the former hash; the two paths are tested bit for bit. Compiled on
 CPU, Philox runs on four separate 1-D words (`_philox_words`), a form inductor vectorizes: a compiled
 step computes a reset draw for every env at every step (branch-free), and the pair form's unvectorized
-loop made that half of the compiled CartPole step.
+loop made that half of the compiled CartPole step. The words are columns of the env's ``(N, 4)`` key
+and ``(N, 2)`` counter, which `TorchVectorEnv` stores column-major for this reason: read from row-major
+buffers (stride 4 and 2) the same loop stays scalar (the compiled CartPole step at 4096 envs took 1.45x
+as long, one thread).
 """
 
 from __future__ import annotations

@@ -14,8 +14,12 @@ of
 
 With ``--profile`` (the default) each row also keeps a per-op breakdown of the eager step
 (``torch.profiler``: calls and self time per step of the costliest aten ops, and the time outside
-them: Python and NumPy); ``--profile-tasks`` adds rows with only that breakdown for other tasks, by
-default FourRooms with gymnax ``FourRooms-misc``'s settings (slip 1/3, 500-step limit).
+them: Python and NumPy); ``--profile-tasks`` adds rows with only that breakdown for other tasks.
+
+``--peer-tasks`` (default ``FourRooms-misc``) are measured against gymnax instead of Gymnasium: ours made
+with the gymnax env's settings (`GYMNAX_PEERS`: slip 1/3, 500-step limit, goal (8, 9)), gymnax's
+``jit(vmap(env.step))`` called once per step on the CPU (its step includes its autoreset, as ours does;
+``jax.block_until_ready`` closes each timed window). Needs the ``bench`` extra (jax, gymnax).
 
 Actions are uniform random, generated up front (on the device for ours). Ours check action values
 (``validate=True``, the default) unless ``--no-validate``. Each measurement is the best of several
@@ -32,18 +36,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 import torch._inductor.config
 import tyro
+from bench_machine import load_average, machine_meta  # a sibling: experiments/ is on sys.path when run
 
 import envs
 
@@ -69,8 +71,11 @@ class Config:
     """also measure ``compile=True`` (and the default path, ``compile="auto"``)."""
     profile: bool = True
     """keep a per-op breakdown of the eager step in each row (``torch.profiler``)."""
-    profile_tasks: tuple[str, ...] = ("FourRooms-misc",)
-    """tasks profiled only (no Gymnasium peer here; gymnax's is in bench_rollout.py)."""
+    peer_tasks: tuple[str, ...] = ("FourRooms-misc",)
+    """tasks measured against gymnax (`GYMNAX_PEERS`: ``jit(vmap(env.step))``, one call per step, gymnax's
+    own autoreset) instead of Gymnasium, on ours made with the gymnax env's settings."""
+    profile_tasks: tuple[str, ...] = ()
+    """tasks profiled only (rows with the eager step's breakdown and no peer)."""
     threads: int | None = None
     """torch intra-op threads (also those of the compiled kernels); default: torch's (one per core)."""
     cold_compile: bool = False
@@ -91,21 +96,32 @@ def _sync(device: torch.device) -> None:
 
 
 class Runner:
-    """One implementation under test: its ``step``, pre-generated actions, and its timing window."""
+    """One implementation under test: its ``step``, pre-generated actions, and its timing window.
 
-    def __init__(self, step: Callable[[Any], Any], actions: list[Any], device: torch.device, compile_s=None):
+    ``sync`` waits for the queued steps (default: the torch device's); gymnax dispatches asynchronously
+    and passes ``jax.block_until_ready`` of its state."""
+
+    def __init__(
+        self,
+        step: Callable[[Any], Any],
+        actions: list[Any],
+        device: torch.device,
+        compile_s=None,
+        sync: Callable[[], None] | None = None,
+    ):
         self.step, self.actions, self.device = step, actions, device
         self.compile_s = compile_s
+        self.sync = sync or (lambda: _sync(device))
         self.window = 1
         self.best = float("inf")  # seconds per step
 
     def warm_up(self, window_s: float) -> None:
         for a in self.actions[:3]:
             self.step(a)
-        _sync(self.device)
+        self.sync()
         t0 = time.perf_counter()
         self.step(self.actions[0])
-        _sync(self.device)
+        self.sync()
         per_step = max(time.perf_counter() - t0, 1e-7)
         self.window = max(1, min(len(self.actions), int(window_s / per_step)))
 
@@ -113,7 +129,7 @@ class Runner:
         t = time.perf_counter()
         for i in range(self.window):
             self.step(self.actions[i])
-        _sync(self.device)
+        self.sync()
         self.best = min(self.best, (time.perf_counter() - t) / self.window)
 
 
@@ -144,13 +160,60 @@ def gymnasium_runner(task: str, n: int) -> tuple[str, Runner | None]:
     return mode, Runner(env.step, actions, torch.device("cpu"))
 
 
-# Tasks profiled with a peer's settings: name -> (our id, constructor options).
-PROFILE_TASKS = {
+# Tasks with a gymnax peer: name -> (our id, our constructor options = the gymnax env's settings).
+# FourRooms-misc's defaults (gymnax.environments.misc.rooms: EnvParams.fail_prob, max_steps_in_episode,
+# FourRooms.goal_fixed); `gymnax_runner` checks them against gymnax's own when it imports.
+GYMNAX_PEERS = {
     "FourRooms-misc": (
         "hrl_nested/FourRooms-v0",
         {"slip_prob": 1.0 / 3.0, "max_episode_steps": 500, "goal": (8, 9)},
     ),
 }
+PROFILE_TASKS = GYMNAX_PEERS  # tasks that can be profiled with a peer's settings
+
+
+def gymnax_runner(task: str, n: int, device: str = "cpu") -> tuple[str, Runner | None]:
+    """gymnax's ``task`` on jax's device of ``device``'s kind: ``jit(vmap(env.step))`` called once per step
+    with pre-split keys and pre-drawn uniform actions (its step includes its autoreset, as ours does);
+    ``(why, None)`` without gymnax. Raises ``ValueError`` if gymnax's settings moved away from the ones
+    ours is made with."""
+    try:
+        import gymnax
+        import jax
+    except ImportError as e:
+        return f"gymnax not installed ({e.name})", None
+    env, params = gymnax.make(task)
+    theirs = {
+        "slip_prob": float(params.fail_prob),
+        "max_episode_steps": int(params.max_steps_in_episode),
+        "goal": tuple(int(x) for x in env.goal_fixed),
+    }
+    ours = GYMNAX_PEERS[task][1]
+    if theirs != ours:
+        raise ValueError(f"{task}: expected gymnax's settings {ours} (ours are made with them), got {theirs}")
+    try:
+        dev = jax.devices("gpu" if torch.device(device).type == "cuda" else "cpu")[0]
+    except RuntimeError:
+        return f"jax has no device for {device}", None
+    step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
+    # jit runs where its inputs live: put the keys and actions on ``dev`` once, up front
+    key_reset, key_steps, key_actions = jax.device_put(jax.random.split(jax.random.PRNGKey(0), 3), dev)
+    _, state = reset(jax.random.split(key_reset, n), params)
+    n_actions = int(env.action_space(params).n)
+    actions = jax.random.randint(key_actions, (64, n), 0, n_actions)
+    inputs = [(jax.random.split(k, n), actions[i]) for i, k in enumerate(jax.random.split(key_steps, 64))]
+    jax.block_until_ready(inputs)
+    holder = {"state": state}
+
+    def gymnax_step(key_action: tuple[Any, Any]) -> None:
+        keys, action = key_action
+        holder["state"] = step(keys, holder["state"], action, params)[1]
+
+    def sync() -> None:
+        jax.block_until_ready(holder["state"])
+
+    return "gymnax", Runner(gymnax_step, inputs, torch.device(device), sync=sync)
 
 
 def make_ours(task: str, n: int, cfg: Config, compile: bool | None) -> Any:
@@ -231,25 +294,32 @@ def main(cfg: Config) -> list[dict[str, Any]]:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     rows = []
-    for task in cfg.tasks:
+    for task in (*cfg.tasks, *cfg.peer_tasks):
         for n in cfg.sizes:
-            mode, gym_run = gymnasium_runner(task, n)
+            peer = "gymnax" if task in GYMNAX_PEERS else "gymnasium"
+            if peer == "gymnax":
+                mode, gym_run = gymnax_runner(task, n, cfg.device)
+            else:
+                mode, gym_run = gymnasium_runner(task, n)
             runners = {"eager": our_runner(task, n, cfg, compile=False)}
             if cfg.compiled:
                 runners["default"] = our_runner(task, n, cfg, compile=None)
                 runners["compiled"] = our_runner(task, n, cfg, compile=True)
             if gym_run is not None:
-                runners["gymnasium"] = gym_run
+                runners["peer"] = gym_run
             measure(runners, cfg)
             rate = {k: n / r.best for k, r in runners.items()}
             rows.append(
                 dict(
                     task=task,
                     num_envs=n,
-                    gymnasium_mode=mode,
-                    gymnasium_steps_per_s=rate.get("gymnasium"),
+                    peer=peer,
+                    peer_mode=mode,
+                    peer_steps_per_s=rate.get("peer"),
+                    gymnasium_mode=mode if peer == "gymnasium" else None,
+                    gymnasium_steps_per_s=rate.get("peer") if peer == "gymnasium" else None,
                     default_steps_per_s=rate.get("default"),
                     default_compiled=runners["default"].compile_s is not None if cfg.compiled else False,
                     eager_steps_per_s=rate["eager"],
@@ -267,19 +337,12 @@ def main(cfg: Config) -> list[dict[str, Any]]:
             print(
                 f"{task:26s} {n:8d} eager step {prof['wall_us_per_step']:.0f} us (profile only)", flush=True
             )
-    meta = dict(
-        device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        threads=torch.get_num_threads(),
-        torch=torch.__version__,
-        gymnasium=gym.__version__,
-        numpy=np.__version__,
+    # Other processes on the machine disturb OpenMP kernels badly: compare runs on an idle machine.
+    meta = machine_meta(
+        device,
+        load_before,
         validate=cfg.validate,
         cold_compile=cfg.cold_compile,
-        # Other processes on the machine disturb OpenMP kernels badly: compare runs on an idle machine.
-        load_average_1min=dict(
-            before=load_before, after=os.getloadavg()[0] if load_before is not None else None
-        ),
         method="best of timed windows taken in turn; steps x num_envs per second through env.step",
     )
     out = cfg.out or Path(__file__).parent / "results" / f"bench_envs_{device.type}.json"
@@ -293,17 +356,9 @@ def main(cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 HEADER = (
-    f"{'task':26s} {'N':>8s} {'gymnasium':>22s} {'default':>9s} {'eager':>9s} {'compiled':>9s} "
-    f"{'dflt/gym':>9s} {'eager/gym':>9s} {'comp/gym':>9s} {'compile_s':>9s}"
+    f"{'task':26s} {'N':>8s} {'peer (gymnasium/gymnax)':>24s} {'default':>9s} {'eager':>9s} {'compiled':>9s} "
+    f"{'dflt/peer':>9s} {'eager/peer':>10s} {'comp/peer':>9s} {'compile_s':>9s}"
 )
 
 
@@ -316,14 +371,15 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def _line(r: dict[str, Any]) -> str:
-    gym_col = f"{_fmt(r['gymnasium_steps_per_s'])} ({'vector' if r['gymnasium_mode'] != 'sync' else 'sync'})"
+    kind = r["peer"] if r["peer"] == "gymnax" else ("sync" if r["peer_mode"] == "sync" else "vector")
+    gym_col = f"{_fmt(r['peer_steps_per_s'])} ({kind})"
     compile_s = "-" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
-    gym_rate, eager, comp = r["gymnasium_steps_per_s"], r["eager_steps_per_s"], r["compiled_steps_per_s"]
+    gym_rate, eager, comp = r["peer_steps_per_s"], r["eager_steps_per_s"], r["compiled_steps_per_s"]
     dflt = r["default_steps_per_s"]
     return (
-        f"{r['task']:26s} {r['num_envs']:8d} {gym_col:>22s} "
+        f"{r['task']:26s} {r['num_envs']:8d} {gym_col:>24s} "
         f"{_fmt(dflt):>9s} {_fmt(eager):>9s} {_fmt(comp):>9s} {_ratio(dflt, gym_rate):>9s} "
-        f"{_ratio(eager, gym_rate):>9s} {_ratio(comp, gym_rate):>9s} {compile_s:>9s}"
+        f"{_ratio(eager, gym_rate):>10s} {_ratio(comp, gym_rate):>9s} {compile_s:>9s}"
     )
 
 

@@ -31,7 +31,6 @@ import dataclasses
 import gc
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from typing import Any
 
 import torch
 import tyro
+from bench_machine import load_average, machine_meta  # a sibling: experiments/ is on sys.path when run
 
 from hrl_nested import optim
 from hrl_nested.graph_memory import graph_bytes
@@ -186,6 +186,7 @@ def main(cfg: Config) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
+    load_before = load_average()
     problem = make_problem(cfg, device)
     inner, _, params, hparams = problem
     methods = {
@@ -215,17 +216,14 @@ def main(cfg: Config) -> dict[str, Any]:
             rows.append(row)
             print_row(row, flush=True)
 
-    info = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0],
-        "mlp_params": sum(v.numel() for v in params.values()),
-        "hparams": sum(v.numel() for v in hparams.values()),
-        "peak_mb_source": "cuda.max_memory_allocated" if device.type == "cuda" else "RSS high-water mark",
-    }
+    info = machine_meta(
+        device,
+        load_before,
+        cpu_count=os.cpu_count(),
+        mlp_params=sum(v.numel() for v in params.values()),
+        hparams=sum(v.numel() for v in hparams.values()),
+        peak_mb_source="cuda.max_memory_allocated" if device.type == "cuda" else "RSS high-water mark",
+    )
     result = {"config": dataclasses.asdict(cfg), "info": info, "rows": rows}
     print_table(rows, info)
     out = Path(cfg.out_dir) / f"bench_hypergrad_{device.type}.json"
@@ -256,7 +254,7 @@ def print_row(r: dict[str, Any], flush: bool = False) -> None:
 def print_table(rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
     print(
         f"\nhypergradient methods, MLP with {info['mlp_params']:,} params, {info['hparams']} hparams, "
-        f"{info['device']} ({info['threads']} threads, load {info['load_avg_1m']:.1f})"
+        f"{info['device']} ({info['threads']} threads, load average {info['load_average_1min']})"
     )
     print(HEADER)
     for r in rows:

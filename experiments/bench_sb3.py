@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 import stable_baselines3
 import torch
 import tyro
-from bench_envs import _cpu_name  # a sibling script: experiments/ is on sys.path when run
+from bench_machine import load_average, machine_meta  # a sibling: experiments/ is on sys.path when run
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
@@ -100,7 +99,7 @@ def ppo_rate(backend: str, num_envs: int, env_steps: int, seed: int) -> float:
 
 def main(cfg: BenchConfig) -> list[dict]:
     torch.set_num_threads(cfg.threads)
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     rows = []
     print(f"{'measure':8s} {'N':>4s} {'ours sps':>10s} {'gymnasium sps':>14s} {'ours/gym':>9s}", flush=True)
     for n in cfg.num_envs:
@@ -123,17 +122,11 @@ def main(cfg: BenchConfig) -> list[dict]:
                 f"{row['ratio']:9.2f}",
                 flush=True,
             )
-    meta = dict(
-        device="cpu",
-        cpu=_cpu_name(),
-        threads=torch.get_num_threads(),
-        torch=torch.__version__,
-        gymnasium=gym.__version__,
+    meta = machine_meta(
+        "cpu",
+        load_before,
         stable_baselines3=stable_baselines3.__version__,
         seed=cfg.seed,
-        load_average_1min=dict(
-            before=load_before, after=os.getloadavg()[0] if load_before is not None else None
-        ),
         method=(
             "one timed window per backend, in turn; vecenv: VecMonitor(VecEnv).step with random actions; "
             "ppo: PPO.learn with SB3 defaults and n_steps = 2048 // num_envs"

@@ -9,7 +9,8 @@ so rerunning the same command continues where it stopped. Each run is ``experime
 own directory ``OUT/runs/<algo>/<task>/seed-<s>``; an interrupted run resumes from its checkpoint.
 
 Writes ``OUT/results.md`` (per row: seeds reaching 0.9 eval success within the budget, median env steps
-to 0.9, final success mean and 95% bootstrap interval), ``OUT/results.json`` (what the table used) and
+to 0.9, final success mean and 95% bootstrap interval; then the issue's aims checked against the table),
+``OUT/results.json`` (what the table used), ``OUT/aims.json`` (the aims' numbers) and
 ``OUT/curves_<task>.png`` (eval success against env steps, mean and 95% interval over seeds) and
 ``OUT/aggregate.png`` (rliable's IQM, optimality gap and performance profile over tasks), each with the
 numbers behind it in a ``.json`` beside it, all drawn by ``experiments/plot.py``.
@@ -241,7 +242,88 @@ def write_markdown(path: Path, table: dict, args) -> None:
                 ablation_lines.append(f"| {n} | {r['s_per_iteration']:.3f} | {cos} |")
     lines += ablation_lines
     lines += controls_markdown(table)
+    lines += aims_markdown(aims(table))
     path.write_text("\n".join(lines) + "\n")
+
+
+AIMS = [  # (task, row, comparison row or None, minimum seeds solved): the issue's stated aims
+    ("hrl_nested/FourRooms-v0", "nested-hrl", None, 9),
+    ("hrl_nested/PointMaze-Medium-v0", "nested-hrl", None, 7),
+    ("hrl_nested/PointMaze-Large-v0", "nested-hrl", None, 7),
+    ("hrl_nested/PointMaze-U-v0", "nested-hrl", "ppo", None),  # not worse than flat PPO
+    ("hrl_nested/PointMaze-U-v0", "nested-hrl", "hrl", None),  # beats hrl
+]
+
+
+def _finals(row: dict) -> np.ndarray:
+    return np.array([success[-1] for _, success in row["curves"].values() if success], dtype=float)
+
+
+def iqm(x: np.ndarray) -> float:
+    """Interquartile mean, exactly rliable's (Agarwal et al. 2021): ``scipy.stats.trim_mean(x, 0.25)``, the
+    mean after cutting ``floor(n / 4)`` values from each end."""
+    from scipy.stats import trim_mean
+
+    return float(trim_mean(np.asarray(x, dtype=float), 0.25)) if len(x) else math.nan
+
+
+def iqm_difference_ci(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of ``IQM(a) - IQM(b)``, resampling each row's seeds apart."""
+    rng = np.random.default_rng(seed)
+    diffs = [iqm(rng.choice(a, len(a))) - iqm(rng.choice(b, len(b))) for _ in range(n)]
+    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
+def aims(table: dict) -> list[dict]:
+    """The issue's aims against the table: at least ``k`` solved seeds, or, against a comparison row,
+    "not worse than" (``ppo``: as many seeds solved, or a 95% interval of the final-success IQM difference
+    that does not lie below 0) and "beats" (``hrl``: more seeds solved, or that interval above 0).
+    ``met`` is None while a row is missing or incomplete."""
+    out = []
+    for task, name, other, k in AIMS:
+        rows = table.get(task, {})
+        row, ref = rows.get(name), rows.get(other) if other else None
+        item: dict = {"task": task, "row": name, "against": other, "min_solved": k}
+        missing = row is None or (other is not None and ref is None)
+        complete = not missing and all(r["seeds"] >= r.get("planned", r["seeds"]) for r in (row, ref) if r)
+        if missing:
+            item.update(met=None, measured="row missing")
+        elif other is None:
+            item.update(solved=row["solved"], seeds=row["seeds"])
+            item["measured"] = f"{row['solved']}/{row['seeds']} solved"
+            item["met"] = row["solved"] >= k if complete else None
+        else:
+            lo, hi = iqm_difference_ci(_finals(row), _finals(ref))
+            item.update(solved=row["solved"], other_solved=ref["solved"], iqm_diff_ci95=[lo, hi])
+            item["measured"] = (
+                f"{row['solved']}/{row['seeds']} vs {ref['solved']}/{ref['seeds']} solved; "
+                f"IQM difference 95% CI [{lo:.2f}, {hi:.2f}]"
+            )
+            if other == "ppo":  # not worse: as many solved, or the interval not wholly below 0
+                ok = row["solved"] >= ref["solved"] or hi >= 0
+            else:  # beats: more solved, or the interval wholly above 0
+                ok = row["solved"] > ref["solved"] or lo > 0
+            item["met"] = ok if complete else None
+        out.append(item)
+    return out
+
+
+def aims_markdown(items: list[dict]) -> list[str]:
+    """The aims as a table (every number from ``results.json``)."""
+    if not items:
+        return []
+    lines = ["", "The issue's aims, checked against the table above:", "",
+             "| task | aim | measured | met |", "|---|---|---|---|"]  # fmt: skip
+    for it in items:
+        if it["against"] is None:
+            aim = f"{it['row']} solves at least {it['min_solved']} seeds"
+        elif it["against"] == "ppo":
+            aim = f"{it['row']} not worse than ppo"
+        else:
+            aim = f"{it['row']} beats {it['against']}"
+        met = {True: "yes", False: "no", None: "not yet (rows incomplete)"}[it["met"]]
+        lines.append(f"| {it['task']} | {aim} | {it['measured']} | {met} |")
+    return lines
 
 
 def controls_markdown(table: dict) -> list[str]:
@@ -373,6 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
         plot_curves(out, task, rows)
     plot_aggregate(out, table)
     (out / "results.json").write_text(json.dumps(table, indent=1))
+    (out / "aims.json").write_text(json.dumps(aims(table), indent=1))
     write_markdown(out / "results.md", table, args)
     return table
 

@@ -25,6 +25,7 @@ import tyro
 
 from hrl_nested import distributed
 from hrl_nested.algos import ALGORITHMS, ConfigError, Task, check, finite_float, get_algorithm, positive_int
+from hrl_nested.algos.ppo_multiseed import RNG_MODES
 from hrl_nested.tracking import CheckpointError, Run, RunDirError, choose_run_id, default_run_dir
 from hrl_nested.tracking.sweep_args import SweepArgError, normalize_agent_args
 
@@ -50,6 +51,12 @@ class TrainArgs(Task):
     num_seeds: int = 1
     """Train seeds ``seed ... seed+num_seeds-1`` in one process (``--algo ppo``), one run directory each,
     ``<run-dir>/seed-<s>/`` (see `hrl_nested.algos.ppo_multiseed`); 1: a plain run in ``<run-dir>``."""
+    rng: Literal[RNG_MODES] = "auto"  # type: ignore[valid-type]
+    """Where each seed's sampling noise and minibatch permutations come from with ``--num-seeds`` > 1:
+    ``generator`` (one ``torch.Generator`` per seed, in a single-seed run's state: seed s acts as its own
+    run would), ``counter`` (counter-based Philox keyed on the seed: no per-seed call, the same run for any
+    K or device), ``auto`` (``counter`` on CUDA, ``generator`` elsewhere). One of auto, generator, counter;
+    a single-seed run samples from torch's generator (auto or generator)."""
 
 
 def _field_name(algo: str) -> str:
@@ -150,8 +157,13 @@ def validate_config(cfg: Any) -> None:
 
 
 def _validate_num_seeds(cfg: Any) -> None:
-    """``--num-seeds``: a positive int; above 1 only for ``--algo ppo``, a fresh run and no videos."""
+    """``--num-seeds``: a positive int; above 1 only for ``--algo ppo``, a fresh run and no videos.
+    ``--rng``: one of `ppo_multiseed.RNG_MODES`; ``counter`` only with ``--num-seeds`` > 1."""
     positive_int(cfg.num_seeds, "num_seeds")
+    check(cfg.rng in RNG_MODES, "rng", f"one of {', '.join(RNG_MODES)}", repr(cfg.rng))
+    if cfg.num_seeds == 1:
+        note = "a single-seed run samples from torch's generator; counter-based noise is the K-seed path's"
+        check(cfg.rng != "counter", "rng", "auto or generator with --num-seeds 1", cfg.rng, note=note)
     if cfg.num_seeds > 1:
         what = f"1 with --algo {cfg.algo} (many seeds in one process: --algo ppo)"
         check(cfg.algo == "ppo", "num_seeds", what, cfg.num_seeds)
@@ -223,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2) from None
 
 
-DISTRIBUTED_ALGOS = ("ppo",)
+DISTRIBUTED_ALGOS = ("ppo", "nested-hrl", "hrl", "lirpg")
 """Algorithms that run under ``torchrun`` (one run across processes, `hrl_nested.distributed`)."""
 
 
@@ -232,8 +244,6 @@ def _check_world(cfg: Any, world: distributed.World) -> None:
     if world.size == 1:
         return
     note = f"torchrun started {world.size} processes; --algo {cfg.algo} runs in one process"
-    if cfg.algo == "nested-hrl":
-        note += " (its hypergradients, a double backward through the inner PPO steps, are not all-reduced)"
     what = f"one of {', '.join(DISTRIBUTED_ALGOS)} under torchrun"
     check(cfg.algo in DISTRIBUTED_ALGOS, "algo", what, cfg.algo, note=note)
     check(cfg.num_seeds == 1, "num_seeds", "1 under torchrun (one run across processes)", cfg.num_seeds)
@@ -261,20 +271,7 @@ def _train(cfg: Any, world: distributed.World) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     if cfg.num_seeds > 1:
         return _main_seeds(cfg, run_id)
-    with Run(
-        cfg.run_dir,
-        config={k: v for k, v in dataclasses.asdict(cfg).items()},
-        algo=cfg.algo,
-        env=cfg.env,
-        seed=cfg.seed,
-        total_steps=cfg.total_steps,
-        resume=cfg.resume is not None,
-        wandb_mode=cfg.wandb_mode,
-        wandb_project=cfg.wandb_project,
-        checkpoint_every_s=cfg.checkpoint_every_s,
-        run_id=run_id,
-        writer=world.is_main,  # torchrun: rank 0 alone writes the run's files
-    ) as run:
+    with _open_run(cfg, run_id, world) as run:
         summary = algo.train(_task_of(cfg), getattr(cfg, _field_name(cfg.algo)), run)
     if not world.is_main:
         return summary
@@ -289,6 +286,31 @@ def _train(cfg: Any, world: distributed.World) -> dict[str, Any]:
         + f"  ({cfg.run_dir})"
     )
     return summary
+
+
+def _open_run(cfg: Any, run_id: str, world: distributed.World) -> Run:
+    """The `Run` of ``cfg``; under torchrun every rank raises the error any rank met opening it (rank 0
+    refusing a non-empty run directory, a rank failing to read the checkpoint), not a connection error."""
+    run, error = None, None
+    try:
+        run = Run(
+            cfg.run_dir,
+            config={k: v for k, v in dataclasses.asdict(cfg).items()},
+            algo=cfg.algo,
+            env=cfg.env,
+            seed=cfg.seed,
+            total_steps=cfg.total_steps,
+            resume=cfg.resume is not None,
+            wandb_mode=cfg.wandb_mode,
+            wandb_project=cfg.wandb_project,
+            checkpoint_every_s=cfg.checkpoint_every_s,
+            run_id=run_id,
+            writer=world.is_main,  # torchrun: rank 0 alone writes the run's files
+        )
+    except (RunDirError, CheckpointError) as e:
+        error = e
+    distributed.raise_any_error(error, world)
+    return run
 
 
 def _main_seeds(cfg: Any, run_id: str) -> list[dict[str, Any]]:
@@ -309,7 +331,7 @@ def _main_seeds(cfg: Any, run_id: str) -> list[dict[str, Any]]:
         run_id=run_id,  # each seed's W&B id: <run_id>-s<seed>
     )
     try:
-        summaries = ppo_multiseed.train_seeds(_task_of(cfg), cfg.ppo, cfg.num_seeds, runs)
+        summaries = ppo_multiseed.train_seeds(_task_of(cfg), cfg.ppo, cfg.num_seeds, runs, rng=cfg.rng)
     finally:
         for run in runs:
             run.close()

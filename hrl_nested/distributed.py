@@ -37,6 +37,11 @@ What a PPO run under ``torchrun --nproc-per-node G experiments/train.py --algo p
   multi-node run needs the run directory on a shared filesystem); another world size is a
   `hrl_nested.tracking.CheckpointError` (`check_checkpoint_world`).
 
+Nested HRL (``--algo nested-hrl``, ``hrl``, ``lirpg``, `hrl_nested.algos.nested_distributed`) differentiates
+through its inner PPO steps, so its losses are built from two differentiable collectives, `replicate` and
+`reduce_sum` (Megatron-LM's conjugate pair): every rank computes the union batch's loss, and every
+derivative of it, to any order, is the one-process derivative on the union batch.
+
 With one process every helper here is a no-op (no process group, nothing communicated), and the
 one-process code path is unchanged.
 """
@@ -48,12 +53,13 @@ import dataclasses
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from hrl_nested.algos import ConfigError
+from hrl_nested.moments import Moments, merge_moments, moments
 from hrl_nested.tracking import CheckpointError
 
 RANK_SEED_STRIDE = 1_000_003
@@ -187,7 +193,10 @@ def require_one_process(algo: str, why: str) -> None:
         size = world_from_env().size
     if size > 1:
         raise ConfigError(
-            "algo", "ppo under torchrun (one run across processes)", algo, note=f"{size} processes; {why}"
+            "algo",
+            "ppo, nested-hrl, hrl or lirpg under torchrun (one run across processes)",
+            algo,
+            note=f"{size} processes; {why}",
         )
 
 
@@ -287,50 +296,110 @@ def to_cpu(obj: Any) -> Any:
     return obj
 
 
-# ---------------------------------------------------------------------------- moments
-class Moments(NamedTuple):
-    """Sample moments of a set of rows: ``count``, ``mean`` and ``m2 = sum((x - mean)^2)`` (per feature)."""
-
-    count: torch.Tensor
-    mean: torch.Tensor
-    m2: torch.Tensor
-
-    @property
-    def var(self) -> torch.Tensor:
-        """The population variance ``m2 / count`` (what `hrl_nested.obs_norm.RunningMeanStd` keeps)."""
-        return self.m2 / self.count
+# ---------------------------------------------------------------------------- differentiable collectives
+def _group_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def moments(x: torch.Tensor) -> Moments:
-    """`Moments` of the rows of ``x`` (shape ``(n, *feature)``) in float64."""
-    x = x.detach().to(torch.float64)
-    mean = x.mean(0)
-    return Moments(
-        torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device),
-        mean,
-        (x - mean).square().sum(0),
-    )
+class _LinearCollective(torch.autograd.Function):
+    """A linear map across ranks: nothing to save for backward, and its forward-mode derivative (jvp) is
+    the map itself applied to the tangent."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @classmethod
+    def jvp(cls, ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
+        return cls.forward(tangent)
 
 
-def merge_moments(a: Moments, b: Moments) -> Moments:
-    """The moments of the union of two disjoint sets (Chan, Golub & LeVeque 1979, parallel variance):
+class _Replicate(_LinearCollective):
+    """``f``: identity forward, sum over ranks backward (its backward is `_ReduceSum`, to every order)."""
 
-    .. math::
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
 
-        n = n_a + n_b, \\quad \\bar x = \\bar x_a + \\delta \\frac{n_b}{n}, \\quad
-        M_2 = M_{2,a} + M_{2,b} + \\delta^2 \\frac{n_a n_b}{n}, \\quad \\delta = \\bar x_b - \\bar x_a
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _ReduceSum.apply(grad)
 
-    >>> x = torch.tensor([[1.0], [2.0], [4.0]], dtype=torch.float64)
-    >>> m = merge_moments(moments(x[:1]), moments(x[1:]))
-    >>> m.mean.item(), m.m2.item()  # mean 7/3, sum of squared deviations 14/3
-    (2.333..., 4.666...)
+
+class _ReduceSum(_LinearCollective):
+    """``g``: sum over ranks forward, identity backward (its backward is `_Replicate`, to every order)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = x.detach().clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _Replicate.apply(grad)
+
+
+def replicate(x: torch.Tensor) -> torch.Tensor:
+    """``f`` of the Megatron-LM pair (Shoeybi et al. 2019, ``_CopyToModelParallelRegion``): a value every
+    rank holds identically (parameters θ, φ, or a `reduce_sum` result) entering a rank-local computation.
+
+    Forward: ``x``. Backward: the gradient summed over ranks (``reduce_sum``), so that a replicated value
+    receives the derivative of the global loss through every rank's local use of it. Its backward is
+    ``reduce_sum`` and ``reduce_sum``'s is ``replicate``: derivatives of every order (``create_graph``,
+    Hessian-vector products through ``torch.func``) equal the one-process ones on the union data. With
+    one process (no process group) ``x`` itself.
+
+    The rule that makes a sharded loss exact: replicated -> local through ``replicate``, local ->
+    replicated through ``reduce_sum``; a loss built so is the same scalar on every rank.
+
+    >>> replicate(torch.ones(2)).tolist()  # one process: the identity
+    [1.0, 1.0]
     """
-    n = a.count + b.count
-    delta = b.mean - a.mean
-    safe_n = torch.where(n > 0, n, torch.ones_like(n))  # two empty sets stay empty, not NaN
-    mean = a.mean + delta * (b.count / safe_n)
-    m2 = a.m2 + b.m2 + delta.square() * (a.count * b.count / safe_n)
-    return Moments(n, mean, m2)
+    return x if _group_size() == 1 else _Replicate.apply(x)
+
+
+def reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """``g`` of the Megatron-LM pair (``_ReduceFromModelParallelRegion``): a rank-local partial sum (a loss
+    sum, a count, an advantage sum) made the union's, identical on every rank.
+
+    Forward: ``all_reduce(x, SUM)``. Backward: the identity (every rank's partial enters the global value
+    with weight 1), through ``replicate`` so that second derivatives stay exact. Unlike
+    ``torch.distributed.nn.functional.all_reduce``, whose backward all-reduces again (a replicated loss
+    would count ``W`` times). With one process ``x`` itself.
+
+    >>> reduce_sum(torch.tensor(3.0)).item()  # one process: the identity
+    3.0
+    """
+    return x if _group_size() == 1 else _ReduceSum.apply(x)
+
+
+def replicate_tree(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`replicate` on every tensor of a parameter dict, as one flat vector (one all-reduce in the backward
+    pass, not one per tensor) when they share a dtype and device."""
+    if _group_size() == 1 or not params:
+        return dict(params)
+    values = list(params.values())
+    if len({(v.dtype, v.device) for v in values}) > 1:
+        return {k: replicate(v) for k, v in params.items()}
+    flat = replicate(torch.cat([v.reshape(-1) for v in values]))
+    parts = flat.split([v.numel() for v in values])
+    return {k: p.view_as(v) for (k, v), p in zip(params.items(), parts, strict=True)}
+
+
+def broadcast_tensors(tensors: Mapping[str, torch.Tensor], world: World) -> dict[str, torch.Tensor]:
+    """Rank 0's tensors (a dict) on every rank, copied into new tensors; the dict itself with one process."""
+    if world.size == 1:
+        return dict(tensors)
+    out = {k: v.detach().clone() for k, v in tensors.items()}
+    for v in out.values():
+        dist.broadcast(v, src=0)
+    return out
+
+
+# ---------------------------------------------------------------------------- moments
+# `Moments`, `moments` and `merge_moments` live in hrl_nested.moments (the one home of the Chan et al. merge,
+# which RunningMeanStd uses too); imported here, so `distributed.merge_moments` still names them.
 
 
 def all_moments(x: torch.Tensor, world: World) -> Moments:
@@ -381,6 +450,26 @@ def broadcast_object(obj: Any, world: World) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def raise_any_error(error: BaseException | None, world: World) -> None:
+    """Raise, on every rank, the first error any rank met (its class and message; in rank order), e.g.
+    rank 0 refusing a non-empty run directory: the other ranks would otherwise run on into a collective and
+    die with a connection error instead of the named one. Nothing happens when no rank has an error."""
+    if world.size == 1:
+        if error is not None:
+            raise error
+        return
+    mine = None if error is None else (type(error), str(error))
+    every: list[Any] = [None] * world.size
+    dist.all_gather_object(every, mine)
+    first = next((e for e in every if e is not None), None)
+    if first is None:
+        return
+    if error is not None and mine == first:
+        raise error
+    cls, message = first
+    raise cls(message)
 
 
 # ---------------------------------------------------------------------------- checkpoints

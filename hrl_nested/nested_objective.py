@@ -25,6 +25,14 @@ so the ratio is 1 at θ' and its gradient is not zero).
 The minibatch indices are drawn *outside* the losses (a list fixed before the inner loop), so the
 inner loss is a deterministic function of ``(θ, φ, t)``: every estimator, finite differences and a
 replay see the same problem.
+
+Under ``torchrun`` (``world.size > 1``) each rank holds a shard of the batch (its envs' columns) and the
+losses are the *union* batch's, the same scalar on every rank: replicated values (θ, φ, the union
+minibatch's advantage mean and std) enter the rank's rows through `hrl_nested.distributed.replicate`, and
+the rows' partial sums leave through `hrl_nested.distributed.reduce_sum` (Megatron-LM's conjugate pair).
+Every derivative the hypergradient engine takes (inner gradients with ``create_graph``, Hessian-vector
+products, the backward through the unrolled steps) is then the one-process derivative on the union batch,
+all-reduced where it must be, without any change to the engine.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from hrl_nested import distributed
 from hrl_nested.optim import Optimizer, Params
-from hrl_nested.ppo_objective import ppo_objective
+from hrl_nested.ppo_objective import UnionMinibatch, ppo_objective, ppo_objective_shard
 from hrl_nested.returns import gae
 from hrl_nested.shaping import extrinsic_weight
 
@@ -134,6 +143,7 @@ def make_inner_outer(
     ent_coef: float = 0.0,
     norm_adv: bool = True,
     prox: float = 0.0,
+    world: distributed.World | None = None,
 ) -> InnerOuter:
     """Build the nested problem of one iteration (formulas in the module docstring).
 
@@ -150,6 +160,9 @@ def make_inner_outer(
             (a meta-learned entropy coefficient).
         norm_adv: normalize the shaped advantages per minibatch, as flat PPO does.
         prox: ``λ >= 0`` of the proximal term ``λ/2 ||θ - θ_start||²``.
+        world: under ``torchrun``, this rank's `hrl_nested.distributed.World`: ``sb`` and ``pb`` are its
+            shard, ``minibatches`` its local rows of each union minibatch (possibly none), and the losses
+            are the union batch's (`_sharded_inner_outer`). None or one process: the batch is whole.
 
     Returns:
         `InnerOuter`.
@@ -157,6 +170,9 @@ def make_inner_outer(
     if not minibatches:
         raise ValueError("minibatches: expected at least one index tensor, got none")
     start = {k: v.detach() for k, v in theta_start.items()}
+    if world is not None and world.size > 1:
+        settings = (gamma, gae_lambda, clip_coef, ent_coef, norm_adv, prox)
+        return _sharded_inner_outer(dist_fn, sb, pb, minibatches, reward_fn, start, settings)
     adv_ext = pb.adv_ext / (pb.adv_ext.std() + 1e-8)  # a constant scale: the outer step's size is unit-free
 
     def loss_on(theta: Params, phi: Params, idx: torch.Tensor | None) -> torch.Tensor:
@@ -179,6 +195,65 @@ def make_inner_outer(
         dist, _ = dist_fn(theta, pb.obs)
         ratio = (dist.log_prob(pb.actions) - pb.logprobs).exp()
         return -(ratio * adv_ext).mean()
+
+    return InnerOuter(inner_loss, outer_loss, stationary_loss)
+
+
+def _union_std(x: torch.Tensor) -> torch.Tensor:
+    """The Bessel-corrected std of the union over ranks of ``x``'s entries (a constant: ``x`` is data)."""
+    m = distributed.all_moments(x.detach().reshape(-1, 1), distributed.current_world())
+    return (m.m2 / (m.count - 1.0)).sqrt().reshape(()).to(x.dtype)
+
+
+def _sharded_inner_outer(dist_fn, sb, pb, minibatches, reward_fn, start, settings) -> InnerOuter:
+    """`make_inner_outer` on this rank's shard, each loss the union batch's (module docstring): the
+    per-row PPO terms of `hrl_nested.ppo_objective.ppo_objective_shard`, summed over ranks and divided by
+    the union minibatch's size, with its advantages normalized by the union's (differentiable) mean and
+    Bessel-corrected std."""
+    gamma, gae_lambda, clip_coef, ent_coef, norm_adv, prox = settings
+    rs, rep = distributed.reduce_sum, distributed.replicate
+    adv_ext = pb.adv_ext / (_union_std(pb.adv_ext) + 1e-8)
+    ref = pb.adv_ext
+    # the union's row counts (of the batch and of each minibatch) are data: one all-reduce, here
+    here = [ref.shape[0], *(int(m.numel()) for m in minibatches)]
+    counts = rs(torch.tensor([float(c) for c in here], dtype=ref.dtype, device=ref.device))
+    batch_rows = counts[0]
+
+    def loss_on(theta: Params, phi: Params, step: int | None) -> torch.Tensor:
+        idx = None if step is None else minibatches[step % len(minibatches)]
+        theta_l, phi_l = distributed.replicate_tree(theta), distributed.replicate_tree(phi)
+        adv = shaped_advantages(phi_l, sb, reward_fn, gamma, gae_lambda)[0].reshape(-1)
+        rows = {"obs": pb.obs, "actions": pb.actions, "logprobs": pb.logprobs, "advantages": adv}
+        mb = rows if idx is None else {k: _take(v, idx) for k, v in rows.items()}
+        a = mb["advantages"]
+        count = batch_rows if step is None else counts[1 + step % len(minibatches)]
+        mean = rep(rs(a.sum()) / count)
+        std = rep((rs((a - mean).square().sum()) / (count - 1.0).clamp_min(1.0)).sqrt())
+        c_ent = phi_l["log_ent_coef"].exp() if "log_ent_coef" in phi_l else ent_coef
+        part, _ = ppo_objective_shard(
+            dist_fn,
+            theta_l,
+            mb,
+            UnionMinibatch(count, count, mean, std),
+            clip_coef=clip_coef,
+            ent_coef=c_ent,
+            norm_adv=norm_adv,
+        )
+        loss = rs(part) / count
+        if prox > 0:  # θ is replicated: its own term, counted once
+            loss = loss + 0.5 * prox * _sq_dist(theta, start)
+        return loss
+
+    def inner_loss(theta: Params, phi: Params, step: int) -> torch.Tensor:
+        return loss_on(theta, phi, step)
+
+    def stationary_loss(theta: Params, phi: Params) -> torch.Tensor:
+        return loss_on(theta, phi, None)
+
+    def outer_loss(theta: Params, phi: Params) -> torch.Tensor:
+        dist, _ = dist_fn(distributed.replicate_tree(theta), pb.obs)
+        ratio = (dist.log_prob(pb.actions) - pb.logprobs).exp()
+        return -rs((ratio * adv_ext).sum()) / batch_rows
 
     return InnerOuter(inner_loss, outer_loss, stationary_loss)
 

@@ -3,8 +3,9 @@
 The statistics are plain tensors (``mean``, ``var``, ``count``) so that a learner can pass them into a
 captured rollout as part of its parameter dict and save them in a checkpoint. The update is the
 parallel-variance formula of Chan, Golub & LeVeque (1979), "Updating formulae and a pairwise algorithm
-for computing sample variances", the same one Gymnasium's ``NormalizeObservation`` and SB3's
-``VecNormalize`` use, applied once per batch (never per step, so no host sync in a rollout).
+for computing sample variances" (`hrl_nested.moments.merge_moments`), the same one Gymnasium's
+``NormalizeObservation`` and SB3's ``VecNormalize`` use, applied once per batch (never per step, so no
+host sync in a rollout).
 
 One entry point per job:
 
@@ -26,6 +27,7 @@ import gymnasium as gym
 import torch
 
 from hrl_nested.deprecation import warn_renamed
+from hrl_nested.moments import Moments, merge_moments
 from hrl_nested.pytree import Obs
 
 
@@ -69,13 +71,13 @@ class RunningMeanStd:
             b_mean, b_var, b_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
         else:
             b_mean, b_var, b_count = reduce(x)
-        delta = b_mean - self.mean
-        total = self.count + b_count
-        m2 = self.var * self.count + b_var * b_count + delta.square() * self.count * b_count / total
+        merged = merge_moments(
+            Moments(self.count, self.mean, self.var * self.count), Moments(b_count, b_mean, b_var * b_count)
+        )
         # copy_ keeps tensor addresses stable for a rollout that captured them.
-        self.mean.copy_(self.mean + delta * b_count / total)
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
+        self.mean.copy_(merged.mean)
+        self.var.copy_(merged.m2 / merged.count)
+        self.count.copy_(merged.count)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Deprecated: ``clip((x - mean) / sqrt(var + 1e-8))`` in ``x``'s dtype. Use `ObsNormalizer.normalize`

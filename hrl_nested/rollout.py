@@ -40,7 +40,7 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 
 import envs
-from envs.compiled_step import _private_copy, compile_failure, uncompiled_steps
+from envs.compiled_step import _private_copy, is_compile_failure, uncompiled_steps, warn_compile_fallback
 from hrl_nested.batch import Batch
 from hrl_nested.distributions import DiagGaussian
 from hrl_nested.exploration import Exploration
@@ -95,6 +95,22 @@ class RolloutResult(NamedTuple):
 PolicyFn = Callable[[dict[str, torch.Tensor], Obs, Any], PolicyOutput]
 
 
+def _policy_draw(
+    module: nn.Module, params: dict[str, torch.Tensor], obs: Obs
+) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The policy's own draw for `actor_critic_policy` with or without exploration: ``(dist, value, action,
+    logprob)``; a Gaussian draws ``u`` and its exact ``log_prob(u)`` together, a categorical draws, then
+    scores."""
+    dist_params, value = actor_critic_apply(module, params, obs)
+    dist = module.distribution(dist_params)
+    if isinstance(dist, DiagGaussian):
+        action, logprob = dist.sample_and_log_prob()
+    else:
+        action = dist.sample()
+        logprob = dist.log_prob(action)
+    return dist, value, action, logprob
+
+
 def actor_critic_policy(module: nn.Module, explore: Exploration | None = None) -> PolicyFn:
     """A stochastic policy step for an `hrl_nested.networks.ActorCritic`, driven by a parameter dict.
 
@@ -117,25 +133,15 @@ def actor_critic_policy(module: nn.Module, explore: Exploration | None = None) -
     """
 
     def policy_fn(params: dict[str, torch.Tensor], obs: Obs, carry: Any) -> PolicyOutput:
-        dist_params, value = actor_critic_apply(module, params, obs)
-        dist = module.distribution(dist_params)
-        if isinstance(dist, DiagGaussian):
-            action, logprob = dist.sample_and_log_prob()
-            return PolicyOutput(action, logprob, value, carry, dist.env_action(action))
-        action = dist.sample()
-        return PolicyOutput(action, dist.log_prob(action), value, carry)
+        dist, value, action, logprob = _policy_draw(module, params, obs)
+        env_action = dist.env_action(action) if isinstance(dist, DiagGaussian) else None
+        return PolicyOutput(action, logprob, value, carry, env_action)
 
     if explore is None:
         return policy_fn
 
     def exploring_policy_fn(params: dict[str, torch.Tensor], obs: Obs, carry: Any) -> PolicyOutput:
-        dist_params, value = actor_critic_apply(module, params, obs)
-        dist = module.distribution(dist_params)
-        if isinstance(dist, DiagGaussian):
-            own, own_logp = dist.sample_and_log_prob()
-        else:
-            own = dist.sample()
-            own_logp = dist.log_prob(own)
+        dist, value, own, own_logp = _policy_draw(module, params, obs)
         action, carry = explore.step(dist, own, carry)
         logprob = torch.where(carry["off_policy"], dist.log_prob(action), own_logp)
         env_action = dist.env_action(action) if isinstance(dist, DiagGaussian) else None
@@ -456,26 +462,39 @@ class Collector:
 
     def _run_fused(self, params, obs, carry) -> RolloutResult:
         """`_fused_loop`; the first run of a ``compile_step="auto"`` rollout falls back to the eager loop
-        (from the same state, with a warning) if compiling fails."""
+        (from the same state, with a warning) if compiling fails.
+
+        Only a failure of the compiler (`envs.compiled_step.is_compile_failure`) falls back. Any other error
+        (a wrong action shape, a bug in the policy) is the user's: the rollout is rewound and the error
+        propagates unchanged, with no notice, and the next call tries the compile again. A compiler error
+        that the eager loop reproduces (an op that failed on fake tensors) is the user's too: the eager
+        loop's error is raised.
+        """
         if not self._auto_untried:
             return self._fused_loop(params, obs, carry)
         _compile_notice(self)
         snapshot = self._snapshot()
         try:
-            return self._fused_loop(params, obs, carry)
+            out = self._fused_loop(params, obs, carry)
         except Exception as e:  # noqa: BLE001 - compile_step="auto" must never cost the user their rollout
             self._rewind(snapshot)
-            self._step_fn, self._fused, self.compiled = self._step, False, False
-            root, first = compile_failure(e)
-            _log.warning(
-                "hrl_nested: compile_step='auto' could not compile the rollout step (%s: %s); running it "
-                "eagerly (pass compile_step=False to skip the attempt)",
-                type(root).__name__,
-                first,
-            )
-            return self._run(params, obs, carry)
-        finally:
+            if not is_compile_failure(e):
+                raise
+            failure = e
+        else:
             self._auto_untried = False
+            return out
+        compiled_step = self._step_fn
+        self._step_fn, self._fused, self.compiled = self._step, False, False
+        try:  # outside the except block: an eager error is shown without the compile error as its context
+            out = self._run(params, obs, carry)
+        except Exception:
+            self._rewind(snapshot)
+            self._step_fn, self._fused, self.compiled = compiled_step, True, True
+            raise
+        self._auto_untried = False
+        warn_compile_fallback(_log, "compile_step", "rollout step", failure)
+        return out
 
     def _fused_loop(self, params, obs, carry) -> RolloutResult:
         """The compiled loop: each step is ONE compiled call that also writes its row of the T-step buffers

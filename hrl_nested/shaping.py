@@ -34,12 +34,20 @@ Everything is a pure function of ``(phi, tensors)``: differentiable in φ, usabl
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import torch
 from torch import nn
 
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover (Python 3.10, which the project supports: typing_extensions comes with torch)
+    from typing_extensions import Unpack
+
 Params = dict[str, torch.Tensor]
+
 
 __all__ = [
     "fixed_shaping",
@@ -54,7 +62,24 @@ __all__ = [
     "phi_summary",
     "potential",
     "scalar_shaping",
+    "TensorOptions",
 ]
+
+
+class TensorOptions(TypedDict, total=False):
+    """Where the initializers of φ put their tensors (torch's factory keywords): ``dtype`` (default
+    ``torch.float32``) and ``device`` (default ``"cpu"``)."""
+
+    dtype: torch.dtype
+    device: torch.device | str
+
+
+def _tensor_kwargs(caller: str, options: Mapping[str, object]) -> dict[str, object]:
+    """``options`` over the defaults of `TensorOptions`; an unknown keyword is an error naming ``caller``."""
+    unknown = sorted(set(options) - set(TensorOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"{caller}: expected keyword options dtype, device; got {', '.join(unknown)}")
+    return {"dtype": torch.float32, "device": "cpu", **options}
 
 
 def mlp_init(
@@ -64,26 +89,27 @@ def mlp_init(
     prefix: str,
     *,
     zero_last: bool = True,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    **options: Unpack[TensorOptions],
 ) -> Params:
     """Parameters ``{prefix}.{i}.weight`` / ``.bias`` of a tanh MLP, orthogonal init (gain sqrt 2), zero
-    biases; with ``zero_last`` the output layer is all zeros (the MLP starts as the constant 0).
+    biases; with ``zero_last`` the output layer is all zeros (the MLP starts as the constant 0). ``options``:
+    `TensorOptions` (``dtype``, ``device``).
 
     >>> sorted(mlp_init(2, (4,), 1, "phi"))
     ['phi.0.bias', 'phi.0.weight', 'phi.1.bias', 'phi.1.weight']
     """
+    kw = _tensor_kwargs("mlp_init", options)
     dims = [int(in_dim), *(int(h) for h in hidden), int(out_dim)]
     out: Params = {}
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        w = torch.empty(b, a, dtype=dtype, device=device)
+        w = torch.empty(b, a, **kw)
         last = i == len(dims) - 2
         if last and zero_last:
             nn.init.zeros_(w)
         else:
             nn.init.orthogonal_(w, math.sqrt(2.0) if not last else 1.0)
         out[f"{prefix}.{i}.weight"] = w
-        out[f"{prefix}.{i}.bias"] = torch.zeros(b, dtype=dtype, device=device)
+        out[f"{prefix}.{i}.bias"] = torch.zeros(b, **kw)
     return out
 
 
@@ -100,20 +126,16 @@ def mlp_apply(params: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor) 
 
 
 def init_goal_shaping(
-    goal_dim: int,
-    hidden: Sequence[int] = (32,),
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    goal_dim: int, hidden: Sequence[int] = (32,), **options: Unpack[TensorOptions]
 ) -> Params:
     """φ for `goal_shaping`: ``beta = 1``, ``w_dist = 1``, ``w_bonus = 0`` and the potential MLP
-    ``phi.*`` on ``[ag, g]`` (``2 goal_dim`` inputs) with a zero last layer.
+    ``phi.*`` on ``[ag, g]`` (``2 goal_dim`` inputs) with a zero last layer. ``options``: `TensorOptions`.
 
     >>> phi = init_goal_shaping(2)
     >>> float(phi["beta"]), float(phi["w_dist"]), float(phi["w_bonus"])
     (1.0, 1.0, 0.0)
     """
-    kw = {"dtype": dtype, "device": device}
+    kw = _tensor_kwargs("init_goal_shaping", options)
     return {
         "beta": torch.ones((), **kw),
         "w_dist": torch.ones((), **kw),
@@ -179,14 +201,14 @@ def goal_shaping(
     return -phi["w_dist"] * dist + phi["w_bonus"] * reached.to(dist.dtype) + pot
 
 
-def init_scalar_shaping(*, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Params:
+def init_scalar_shaping(**options: Unpack[TensorOptions]) -> Params:
     """φ for `scalar_shaping`: the one weight ``w_dist = 1`` (no ``beta``: `extrinsic_weight` is then 1),
-    so training starts exactly at the fixed shaping of ``--algo hrl``.
+    so training starts exactly at the fixed shaping of ``--algo hrl``. ``options``: `TensorOptions`.
 
     >>> {k: float(v) for k, v in init_scalar_shaping().items()}
     {'w_dist': 1.0}
     """
-    return {"w_dist": torch.ones((), dtype=dtype, device=device)}
+    return {"w_dist": torch.ones((), **_tensor_kwargs("init_scalar_shaping", options))}
 
 
 def scalar_shaping(phi: Mapping[str, torch.Tensor], ag_next: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -207,19 +229,14 @@ def extrinsic_weight(phi: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
     return phi["beta"] if "beta" in phi else 1.0
 
 
-def init_free_shaping(
-    in_dim: int,
-    hidden: Sequence[int] = (32,),
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> Params:
+def init_free_shaping(in_dim: int, hidden: Sequence[int] = (32,), **options: Unpack[TensorOptions]) -> Params:
     """φ for `free_shaping`: ``beta = 1`` and an MLP ``rin.*`` on ``in_dim`` inputs, zero last layer.
+    ``options``: `TensorOptions`.
 
     >>> float(free_shaping(init_free_shaping(3), torch.ones(5, 3)).abs().sum())
     0.0
     """
-    kw = {"dtype": dtype, "device": device}
+    kw = _tensor_kwargs("init_free_shaping", options)
     return {"beta": torch.ones((), **kw), **mlp_init(in_dim, hidden, 1, "rin", **kw)}
 
 

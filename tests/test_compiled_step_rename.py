@@ -13,5 +13,11 @@ def test_old_module_name_warns_and_exports_the_same_objects():
     sys.modules.pop("envs.fused", None)
     with pytest.warns(DeprecationWarning, match="envs.compiled_step"):
         old = importlib.import_module("envs.fused")
-    for name in ("fused_step", "CompiledStep", "resolve_compile", "compile_failure", "AUTO_COMPILE_MIN_ENVS_CPU"):
+    for name in (
+        "fused_step",
+        "CompiledStep",
+        "resolve_compile",
+        "compile_failure",
+        "AUTO_COMPILE_MIN_ENVS_CPU",
+    ):
         assert getattr(old, name) is getattr(envs.compiled_step, name)

@@ -14,8 +14,6 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from hrl_nested import distributed
 from hrl_nested.algos import ConfigError
@@ -30,6 +28,7 @@ from hrl_nested.distributed import World, merge_moments, moments
 from hrl_nested.networks import ActorCritic
 from hrl_nested.obs_norm import ObsNormalizer
 from hrl_nested.tracking import CheckpointError
+from tests._ranks import run_on_ranks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -91,94 +90,83 @@ def _grads(agent: ActorCritic, mb: dict[str, torch.Tensor]) -> list[torch.Tensor
     return list(torch.autograd.grad(loss, list(agent.parameters())))
 
 
-def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        world = World(rank, world_size, rank)
-        agent = _agent()
-        columns = _union_columns(agent)
-        union, shard = _flat(columns), _flat(columns, world)
-        out: dict[str, object] = {}
+def _compute(rank: int, world_size: int) -> dict[str, object]:
+    world = World(rank, world_size, rank)
+    agent = _agent()
+    columns = _union_columns(agent)
+    union, shard = _flat(columns), _flat(columns, world)
+    out: dict[str, object] = {}
 
-        # (1) gradients of single minibatches: a random one, one with none of rank 1's rows, with a mask
-        perm = torch.randperm(T * N, generator=torch.Generator().manual_seed(5))
-        only_rank0 = torch.tensor([t * N + i for t in range(2) for i in range(N // 2)])
-        cases = {
-            "random": (perm[:16], False),
-            "rank1_empty": (only_rank0, False),
-            "masked": (perm[8:24], True),
-        }
-        for name, (rows, masked) in cases.items():
-            local = minibatch_rows(rows, 1, N, world)[0]
-            pick = [k for k in shard if masked or k != "policy_mask"]
-            mb = {k: shard[k][local] for k in pick}
-            grads, stats = shard_gradients(agent, mb, CFG, world)
-            out[f"{name}_rows"] = int(local.numel())
-            out[f"{name}_grads"] = grads
-            out[f"{name}_stats"] = stats
-            if rank == 0:
-                ref_mb = {k: union[k][rows] for k in pick}
-                out[f"{name}_ref_grads"] = _grads(agent, ref_mb)
-                out[f"{name}_ref_stats"] = torch.stack(list(ppo_loss(agent, ref_mb, CFG)[1]))
-
-        # (2) one full iteration: all epochs and minibatches, norm-adv and grad clip on
-        no_mask = {k: v for k, v in shard.items() if k != "policy_mask"}
-        dist_agent = copy.deepcopy(agent)
-        opt = torch.optim.Adam(dist_agent.parameters(), lr=CFG.lr, eps=1e-5)
-        sharded = ShardedUpdate(dist_agent, opt, CFG, world, N, SEED)
-        out["iter_stats"] = sharded.update(no_mask)
-        out["iter_params"] = [p.detach().clone() for p in dist_agent.parameters()]
+    # (1) gradients of single minibatches: a random one, one with none of rank 1's rows, with a mask
+    perm = torch.randperm(T * N, generator=torch.Generator().manual_seed(5))
+    only_rank0 = torch.tensor([t * N + i for t in range(2) for i in range(N // 2)])
+    cases = {
+        "random": (perm[:16], False),
+        "rank1_empty": (only_rank0, False),
+        "masked": (perm[8:24], True),
+    }
+    for name, (rows, masked) in cases.items():
+        local = minibatch_rows(rows, 1, N, world)[0]
+        pick = [k for k in shard if masked or k != "policy_mask"]
+        mb = {k: shard[k][local] for k in pick}
+        grads, stats = shard_gradients(agent, mb, CFG, world)
+        out[f"{name}_rows"] = int(local.numel())
+        out[f"{name}_grads"] = grads
+        out[f"{name}_stats"] = stats
         if rank == 0:
-            ref_agent = copy.deepcopy(agent)
-            ref_opt = torch.optim.Adam(ref_agent.parameters(), lr=CFG.lr, eps=1e-5)
-            step = _make_update_step(ref_agent, ref_opt, CFG)
-            g = torch.Generator().manual_seed(SEED + MINIBATCH_SEED_OFFSET)
-            ref_union = {k: v for k, v in union.items() if k != "policy_mask"}
-            batch, size, total = T * N, T * N // CFG.num_minibatches, torch.zeros(6, dtype=torch.float64)
-            for _ in range(CFG.update_epochs):
-                p = torch.randperm(batch, generator=g)
-                for start in range(0, batch, size):
-                    total += step({k: v[p[start : start + size]] for k, v in ref_union.items()})
-            out["iter_ref_stats"] = total / (CFG.update_epochs * CFG.num_minibatches)
-            out["iter_ref_params"] = [p.detach().clone() for p in ref_agent.parameters()]
-            out["iter_start_params"] = [p.detach().clone() for p in agent.parameters()]
+            ref_mb = {k: union[k][rows] for k in pick}
+            out[f"{name}_ref_grads"] = _grads(agent, ref_mb)
+            out[f"{name}_ref_stats"] = torch.stack(list(ppo_loss(agent, ref_mb, CFG)[1]))
 
-        # (3) observation statistics of the union batch, merged across ranks
-        x = columns["obs"][:, rank * (N // 2) : (rank + 1) * (N // 2)]
-        m = distributed.all_moments(x.reshape(-1, 4), world)
-        out["moments"] = (m.count, m.mean, m.var)
-        norm = ObsNormalizer(gym.spaces.Box(-10.0, 10.0, (4,)))
-        norm.update(columns["obs"][:1])  # some history first
-        norm.update(x, reduce=distributed.moments_reducer(world))
-        out["obs_norm"] = norm.state_dict()
-        if rank == 0:
-            ref = ObsNormalizer(gym.spaces.Box(-10.0, 10.0, (4,)))
-            ref.update(columns["obs"][:1])
-            ref.update(columns["obs"])
-            out["obs_norm_ref"] = ref.state_dict()
-        # (4) what rank 0 logs and decides: episode sums over ranks, its flags, every rank's parts
-        from hrl_nested.rollout import RolloutResult
+    # (2) one full iteration: all epochs and minibatches, norm-adv and grad clip on
+    no_mask = {k: v for k, v in shard.items() if k != "policy_mask"}
+    dist_agent = copy.deepcopy(agent)
+    opt = torch.optim.Adam(dist_agent.parameters(), lr=CFG.lr, eps=1e-5)
+    sharded = ShardedUpdate(dist_agent, opt, CFG, world, N, SEED)
+    out["iter_stats"] = sharded.update(no_mask)
+    out["iter_params"] = [p.detach().clone() for p in dist_agent.parameters()]
+    if rank == 0:
+        ref_agent = copy.deepcopy(agent)
+        ref_opt = torch.optim.Adam(ref_agent.parameters(), lr=CFG.lr, eps=1e-5)
+        step = _make_update_step(ref_agent, ref_opt, CFG)
+        g = torch.Generator().manual_seed(SEED + MINIBATCH_SEED_OFFSET)
+        ref_union = {k: v for k, v in union.items() if k != "policy_mask"}
+        batch, size, total = T * N, T * N // CFG.num_minibatches, torch.zeros(6, dtype=torch.float64)
+        for _ in range(CFG.update_epochs):
+            p = torch.randperm(batch, generator=g)
+            for start in range(0, batch, size):
+                total += step({k: v[p[start : start + size]] for k, v in ref_union.items()})
+        out["iter_ref_stats"] = total / (CFG.update_epochs * CFG.num_minibatches)
+        out["iter_ref_params"] = [p.detach().clone() for p in ref_agent.parameters()]
+        out["iter_start_params"] = [p.detach().clone() for p in agent.parameters()]
 
-        mine = RolloutResult(
-            None, None, None, torch.tensor(10.0 + rank), torch.tensor(3 + rank), torch.tensor(1)
-        )
-        summed = distributed.sum_episodes(mine, world)
-        out["episodes"] = [summed.episode_return_sum, summed.episode_length_sum, summed.episode_count]
-        out["flags"] = distributed.broadcast_flags([rank == 0, rank == 1], world, torch.device("cpu"))
-        out["gathered"] = distributed.gather_to_main(
-            {"rank": rank, "x": torch.full((2,), float(rank))}, world
-        )
-        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    # (3) observation statistics of the union batch, merged across ranks
+    x = columns["obs"][:, rank * (N // 2) : (rank + 1) * (N // 2)]
+    m = distributed.all_moments(x.reshape(-1, 4), world)
+    out["moments"] = (m.count, m.mean, m.var)
+    norm = ObsNormalizer(gym.spaces.Box(-10.0, 10.0, (4,)))
+    norm.update(columns["obs"][:1])  # some history first
+    norm.update(x, reduce=distributed.moments_reducer(world))
+    out["obs_norm"] = norm.state_dict()
+    if rank == 0:
+        ref = ObsNormalizer(gym.spaces.Box(-10.0, 10.0, (4,)))
+        ref.update(columns["obs"][:1])
+        ref.update(columns["obs"])
+        out["obs_norm_ref"] = ref.state_dict()
+    # (4) what rank 0 logs and decides: episode sums over ranks, its flags, every rank's parts
+    from hrl_nested.rollout import RolloutResult
+
+    mine = RolloutResult(None, None, None, torch.tensor(10.0 + rank), torch.tensor(3 + rank), torch.tensor(1))
+    summed = distributed.sum_episodes(mine, world)
+    out["episodes"] = [summed.episode_return_sum, summed.episode_length_sum, summed.episode_count]
+    out["flags"] = distributed.broadcast_flags([rank == 0, rank == 1], world, torch.device("cpu"))
+    out["gathered"] = distributed.gather_to_main({"rank": rank, "x": torch.full((2,), float(rank))}, world)
+    return out
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2, join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return run_on_ranks(_compute, tmp_path_factory.mktemp("dist"))
 
 
 @pytest.mark.parametrize("case", ["random", "rank1_empty", "masked"])
@@ -287,7 +275,7 @@ def test_bad_inputs_are_clear_errors():
 
 def test_train_script_refuses_what_torchrun_cannot_split(monkeypatch, tmp_path, capsys):
     """Under torchrun's variables, bad input fails before any process group or file: envs that do not
-    split, and an algorithm that runs in one process only (nested HRL's hypergradients)."""
+    split, and an algorithm that runs in one process only (SB3's own loop)."""
     from _scripts import load_script
 
     train = load_script("train.py", "train", reuse=True)
@@ -300,9 +288,10 @@ def test_train_script_refuses_what_torchrun_cannot_split(monkeypatch, tmp_path, 
     assert e.value.code == 2
     assert "--num-envs: expected a multiple of the world size 2" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train.main(["--algo", "nested-hrl", "--num-envs", "8", "--run-dir", str(tmp_path / "b"), *base])
+        train.main(["--algo", "sb3-ppo", "--num-envs", "8", "--run-dir", str(tmp_path / "b"), *base])
     err = capsys.readouterr().err
-    assert "--algo: expected one of ppo under torchrun" in err and "hypergradients" in err
+    assert "--algo: expected one of ppo, nested-hrl, hrl, lirpg under torchrun" in err
+    assert "got sb3-ppo" in err and "runs in one process" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -319,14 +308,13 @@ def test_rank_envs_draw_what_one_process_draws(env_id):
     assert not torch.equal(shard, whole[:4])
 
 
-def test_nested_hrl_refuses_several_processes(monkeypatch):
-    """Nested HRL's update is not all-reduced: under torchrun's variables it refuses before any setup."""
+def test_nested_hrl_needs_the_process_group_torchrun_describes(monkeypatch):
+    """Nested HRL runs under torchrun (tests/test_distributed_nested.py); torchrun's variables without a
+    process group are refused before any setup, as for PPO: the ranks would each train alone."""
     from hrl_nested.algos import Task, nested_hrl
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     task = Task(env="hrl_nested/PointMaze-U-v0", num_envs=8, device="cpu", total_steps=64)
-    with pytest.raises(
-        ConfigError, match=r"--algo: expected ppo under torchrun.*2 processes.*hypergradients"
-    ):
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2 but no torch.distributed process group"):
         nested_hrl.train(task, nested_hrl.NestedHRLConfig())

@@ -11,20 +11,8 @@ import torch
 
 import envs
 from hrl_nested.algos import Task, ppo_multiseed
+from hrl_nested.algos import ppo_multiseed_parts as parts
 from hrl_nested.algos.ppo import PPOConfig
-from hrl_nested.algos.ppo_multiseed_parts import (
-    FlatParams,
-    RowWriter,
-    StackedObsNormalizer,
-    adam_step_rows,
-    clip_grad_norm_rows,
-    counter_noise,
-    counter_permutations,
-    for_each_run,
-    rollout_noise,
-    seed_key_words,
-    seed_permutations,
-)
 from hrl_nested.networks import ActorCritic
 from hrl_nested.obs_norm import ObsNormalizer
 from hrl_nested.rollout import make_rollout
@@ -41,7 +29,7 @@ def _stacked(gen, dtype=torch.float64):
 
 def test_flat_params_views_and_dense_are_the_stacked_dict():
     stacked = _stacked(torch.Generator().manual_seed(0))
-    layout = FlatParams(stacked)
+    layout = parts.FlatParams(stacked)
     assert layout.flat.shape == (K, 15 + 3 + 7)
     for name, value in stacked.items():
         assert torch.equal(layout.views(layout.flat)[name], value)
@@ -50,7 +38,7 @@ def test_flat_params_views_and_dense_are_the_stacked_dict():
     assert torch.equal(layout.views(layout.flat)["b"], 2 * stacked["b"])
     assert torch.equal(layout.cat([stacked[n] for n in layout.names]), layout.flat / 2)
     with pytest.raises(ValueError, match="expected a leading dim of 4"):
-        FlatParams({"a": torch.zeros(4, 2), "b": torch.zeros(3, 2)})
+        parts.FlatParams({"a": torch.zeros(4, 2), "b": torch.zeros(3, 2)})
 
 
 def test_clip_grad_norm_rows_is_torch_clip_per_seed_float64():
@@ -58,8 +46,8 @@ def test_clip_grad_norm_rows_is_torch_clip_per_seed_float64():
     grads = _stacked(gen)
     for g in grads.values():
         g[2] *= 1e-3  # seed 2 under the threshold: left as it is
-    layout = FlatParams(grads)
-    clipped, norms = clip_grad_norm_rows(layout.flat, 0.5)
+    layout = parts.FlatParams(grads)
+    clipped, norms = parts.clip_grad_norm_rows(layout.flat, 0.5)
     clipped = layout.views(clipped)
     for k in range(K):
         ref = [torch.nn.Parameter(grads[n][k].clone()) for n in layout.names]
@@ -72,7 +60,7 @@ def test_clip_grad_norm_rows_is_torch_clip_per_seed_float64():
     assert torch.equal(clipped["b"][2], grads["b"][2])
     assert norms[0] > 0.5  # the others were really clipped
     with pytest.raises(ValueError, match=r"expected a \(K, P\) tensor"):
-        clip_grad_norm_rows(torch.zeros(3), 1.0)
+        parts.clip_grad_norm_rows(torch.zeros(3), 1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -81,12 +69,12 @@ def test_adam_step_rows_is_each_seeds_torch_adam(dtype):
     gen = torch.Generator().manual_seed(2)
     start = _stacked(gen, dtype)
     grads = [_stacked(gen, dtype) for _ in range(3)]
-    layout = FlatParams(start)
+    layout = parts.FlatParams(start)
     flat, mu, nu = layout.flat.clone(), torch.zeros_like(layout.flat), torch.zeros_like(layout.flat)
     count = torch.zeros((), dtype=torch.float32)
     lrs = [2e-3, 1.5e-3, 1e-3]
     for g, lr in zip(grads, lrs):
-        adam_step_rows(flat, layout.cat([g[n] for n in layout.names]), mu, nu, count, lr=lr)
+        parts.adam_step_rows(flat, layout.cat([g[n] for n in layout.names]), mu, nu, count, lr=lr)
     got = layout.views(flat)
     for k in range(K):
         params = [torch.nn.Parameter(start[n][k].clone()) for n in layout.names]
@@ -119,7 +107,7 @@ def test_stacked_obs_normalizer_is_k_obs_normalizers(kind):
              "task": torch.randint(0, 3, (K, 8), generator=gen)}
             for k in range(3)
         ]  # fmt: skip
-    stacked = StackedObsNormalizer(space, K)
+    stacked = parts.StackedObsNormalizer(space, K)
     singles = [ObsNormalizer(space) for _ in range(K)]
     for b in batches:
         stacked.update(b)
@@ -149,7 +137,7 @@ def test_rollout_noise_is_each_generators_own_per_step_draws():
     T, shape = 6, (5, 3)
     for gaussian, draw in ((False, torch.rand), (True, torch.randn)):
         gens = [torch.Generator().manual_seed(10 + k) for k in range(K)]
-        noise = rollout_noise(
+        noise = parts.rollout_noise(
             gens, T, shape, gaussian=gaussian, dtype=torch.float32, device=torch.device("cpu")
         )
         assert noise.shape == (T, K, *shape)
@@ -163,7 +151,7 @@ def test_rollout_noise_is_each_generators_own_per_step_draws():
 
 def test_seed_permutations_are_each_generators_randperms():
     gens = [torch.Generator().manual_seed(20 + k) for k in range(K)]
-    perms = seed_permutations(gens, 2, 64, torch.device("cpu"))
+    perms = parts.seed_permutations(gens, 2, 64, torch.device("cpu"))
     assert perms.shape == (2, K, 64)
     for k in range(K):
         ref = torch.Generator().manual_seed(20 + k)
@@ -173,27 +161,28 @@ def test_seed_permutations_are_each_generators_randperms():
 
 def test_counter_stream_depends_on_the_seed_not_on_k_or_its_place():
     seeds = [3, 4, 5, 2**40 + 4]
-    keys = seed_key_words(seeds, torch.device("cpu"))
-    alone = seed_key_words([4], torch.device("cpu"))
+    keys = parts.seed_key_words(seeds, torch.device("cpu"))
+    alone = parts.seed_key_words([4], torch.device("cpu"))
     # not the envs' keys (envs.rng keys a stream on the seed itself, below 2**63): the top bit is flipped
     assert keys.tolist()[0] == [3, 2**31] and keys.tolist()[3] == [4, 2**31 + 2**8]
     for gaussian in (False, True):
-        noise = counter_noise(keys, 7, 5, (4, 2), gaussian=gaussian, dtype=torch.float32)
+        noise = parts.counter_noise(keys, 7, 5, (4, 2), gaussian=gaussian, dtype=torch.float32)
         assert noise.shape == (5, 4, 4, 2)
         assert torch.equal(
-            noise[:, 1], counter_noise(alone, 7, 5, (4, 2), gaussian=gaussian, dtype=torch.float32)[:, 0]
+            noise[:, 1],
+            parts.counter_noise(alone, 7, 5, (4, 2), gaussian=gaussian, dtype=torch.float32)[:, 0],
         )
         assert not torch.equal(noise[:, 1], noise[:, 3])  # seeds 4 and 2**40 + 4: other keys
         assert not torch.equal(
-            noise, counter_noise(keys, 8, 5, (4, 2), gaussian=gaussian, dtype=torch.float32)
+            noise, parts.counter_noise(keys, 8, 5, (4, 2), gaussian=gaussian, dtype=torch.float32)
         )
-    perms = counter_permutations(keys, 7, 2, 512)
+    perms = parts.counter_permutations(keys, 7, 2, 512)
     assert torch.equal(perms.sort(-1).values, torch.arange(512).expand(2, 4, 512))
-    assert torch.equal(perms[:, 1], counter_permutations(alone, 7, 2, 512)[:, 0])
+    assert torch.equal(perms[:, 1], parts.counter_permutations(alone, 7, 2, 512)[:, 0])
     assert not torch.equal(perms[0], perms[1])  # each epoch its own
     # Moments of many draws: uniform [0, 1) and standard normal.
-    u = counter_noise(keys, 0, 2000, (64,), gaussian=False, dtype=torch.float32)
-    z = counter_noise(keys, 0, 2000, (64,), gaussian=True, dtype=torch.float64)
+    u = parts.counter_noise(keys, 0, 2000, (64,), gaussian=False, dtype=torch.float32)
+    z = parts.counter_noise(keys, 0, 2000, (64,), gaussian=True, dtype=torch.float64)
     assert (
         0 <= u.min()
         and u.max() < 1
@@ -255,10 +244,10 @@ def test_seed_policy_rollout_is_capturable():
         obs, _ = env.reset(
             seed=[s for s in range(K_) for _ in range(N)], options={"env_index": list(range(N)) * K_}
         )
-        keys = seed_key_words(range(K_), torch.device("cpu"))
+        keys = parts.seed_key_words(range(K_), torch.device("cpu"))
         out = []
         for it in range(2):
-            noise = counter_noise(keys, it, T, (N, 2), gaussian=False, dtype=torch.float32)
+            noise = parts.counter_noise(keys, it, T, (N, 2), gaussian=False, dtype=torch.float32)
             res = collect({**params, "sampling_noise": noise}, obs, torch.zeros(1, dtype=torch.int64))
             obs = res.obs
             out.append(res.batch)
@@ -329,7 +318,7 @@ def test_for_each_run_keeps_the_order():
         Run(None, config={}, algo="ppo", env="x", seed=s, total_steps=1, progress=False) for s in range(20)
     ]
     rows = [{"env_steps": s, "value": float(s)} for s in range(20)]
-    out = for_each_run(runs, "log", rows)
+    out = parts.for_each_run(runs, "log", rows)
     assert [r["value"] for r in out] == [float(s) for s in range(20)]
     assert [r.last_row["env_steps"] for r in runs] == list(range(20))
 
@@ -339,7 +328,7 @@ def test_row_writer_writes_each_seeds_rows_in_order_in_the_background(tmp_path):
         Run(tmp_path / f"s{s}", config={}, algo="ppo", env="x", seed=s, total_steps=1, progress=False)
         for s in range(3)
     ]
-    writer = RowWriter(runs)
+    writer = parts.RowWriter(runs)
     assert writer._pool is not None  # files only (W&B disabled): a background thread
     for it in range(5):
         logged = writer.log({k: {"env_steps": it, "seed_value": 10 * k + it} for k in range(3)}, wait=it == 4)
@@ -349,7 +338,7 @@ def test_row_writer_writes_each_seeds_rows_in_order_in_the_background(tmp_path):
     for k in range(3):
         rows = [json.loads(x) for x in (tmp_path / f"s{k}" / "metrics.jsonl").read_text().splitlines()]
         assert [r["seed_value"] for r in rows] == [10 * k + it for it in range(5)]
-    bad = RowWriter(runs)
+    bad = parts.RowWriter(runs)
     bad.log({0: {"no_env_steps": 1}, 1: {"env_steps": 1}}, wait=False)
     with pytest.raises(ValueError, match="every row needs 'env_steps'"):  # raised at the next wait
         bad.close()
@@ -376,16 +365,17 @@ def test_k_seed_run_on_cuda_captures_its_rollout_and_draws_the_cpu_counter_strea
     """On CUDA: the counter stream's bits are the CPU's (Philox is device-independent), and a K-seed run
     (counter and generator streams) trains with its rollout replayed as one CUDA graph."""
     cuda = torch.device("cuda")
-    keys = seed_key_words([3, 4, 5], torch.device("cpu"))
-    u = counter_noise(keys, 2, 8, (4, 2), gaussian=False, dtype=torch.float32)
+    keys = parts.seed_key_words([3, 4, 5], torch.device("cpu"))
+    u = parts.counter_noise(keys, 2, 8, (4, 2), gaussian=False, dtype=torch.float32)
     assert torch.equal(
-        counter_noise(keys.to(cuda), 2, 8, (4, 2), gaussian=False, dtype=torch.float32).cpu(), u
+        parts.counter_noise(keys.to(cuda), 2, 8, (4, 2), gaussian=False, dtype=torch.float32).cpu(), u
     )
-    z = counter_noise(keys, 2, 8, (4, 2), gaussian=True, dtype=torch.float32)
-    z_cuda = counter_noise(keys.to(cuda), 2, 8, (4, 2), gaussian=True, dtype=torch.float32).cpu()
+    z = parts.counter_noise(keys, 2, 8, (4, 2), gaussian=True, dtype=torch.float32)
+    z_cuda = parts.counter_noise(keys.to(cuda), 2, 8, (4, 2), gaussian=True, dtype=torch.float32).cpu()
     torch.testing.assert_close(z_cuda, z, rtol=1e-5, atol=1e-5)
     assert torch.equal(
-        counter_permutations(keys.to(cuda), 2, 2, 512).cpu(), counter_permutations(keys, 2, 2, 512)
+        parts.counter_permutations(keys.to(cuda), 2, 2, 512).cpu(),
+        parts.counter_permutations(keys, 2, 2, 512),
     )
     modes = []
     make = ppo_multiseed.make_rollout

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hrl_nested import optim
-from hrl_nested.algos import nested_hrl
+from hrl_nested.algos import nested_hrl, nested_steps
 from hrl_nested.algos import nested_parts as parts
 from hrl_nested.algos.nested_parts import reward_fn_for
 from hrl_nested.hierarchy import GoalBounds
@@ -192,17 +192,17 @@ def test_a_non_finite_hypergradient_skips_the_step_leaving_theta_and_both_optimi
     outer_opt = optim.adam(1e-3)
     start = parts.LearnerState(theta, inner_opt.init(theta), phi, outer_opt.init(phi))
     cfg = _cfg(hypergrad="unrolled")
-    out = nested_hrl._outer_step(bad, start, inner_opt, outer_opt, cfg, 0, 0, check_alpha=False)
+    out = nested_steps.outer_step(bad, start, inner_opt, outer_opt, cfg, 0, 0, check_alpha=False)
     assert out.ok is False
     # the outer optimizer was never called, and θ with its inner state stay as they were
     assert out.learner.phi is phi and out.learner.outer_state is start.outer_state
     assert out.learner.theta is theta and out.learner.inner_state is start.inner_state
-    good = nested_hrl._outer_step(io, start, inner_opt, outer_opt, cfg, 0, 0, check_alpha=False)
+    good = nested_steps.outer_step(io, start, inner_opt, outer_opt, cfg, 0, 0, check_alpha=False)
     assert good.ok is True and any(not torch.equal(good.learner.phi[k], phi[k]) for k in phi)
 
 
 def test_the_loop_counts_skipped_steps_and_keeps_the_subpolicies(tmp_path, monkeypatch):
-    real = nested_hrl.make_inner_outer
+    real = nested_steps.make_inner_outer
     seen = []
 
     def nan_outer(*args, **kwargs):
@@ -210,7 +210,7 @@ def test_the_loop_counts_skipped_steps_and_keeps_the_subpolicies(tmp_path, monke
         seen.append({k: v.clone() for k, v in kwargs["theta_start"].items()})
         return io._replace(outer_loss=lambda w, p: io.outer_loss(w, p) * float("nan"))
 
-    monkeypatch.setattr(nested_hrl, "make_inner_outer", nan_outer)
+    monkeypatch.setattr(nested_steps, "make_inner_outer", nan_outer)
     from hrl_nested.algos import Task
     from hrl_nested.tracking import Run
 

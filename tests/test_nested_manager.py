@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import envs
-from hrl_nested.algos import Task, nested_hrl
+from hrl_nested.algos import Task, nested_hrl, nested_steps
 from hrl_nested.algos import nested_parts as parts
 from hrl_nested.hierarchy import goal_bounds
 from hrl_nested.rollout import make_rollout
-from tests._hierarchies import small_hierarchy
+from tests._hierarchies import small_hierarchy, small_nested_config
 from tests._scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,17 +109,9 @@ def _task(env: str, steps: int, num_envs: int = 4) -> Task:
 
 def test_neumann_alpha_is_checked_once_when_check_every_is_zero(monkeypatch):
     calls = []
-    real = nested_hrl._check_neumann_alpha
-    monkeypatch.setattr(nested_hrl, "_check_neumann_alpha", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cfg = nested_hrl.NestedHRLConfig(
-        num_steps=8,
-        n_inner=2,
-        num_minibatches=2,
-        hidden=(8,),
-        hypergrad="neumann",
-        check_every=0,
-        eval_every=0,
-    )
+    real = nested_steps.check_neumann_alpha
+    monkeypatch.setattr(nested_steps, "check_neumann_alpha", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = small_nested_config(hypergrad="neumann", check_every=0, eval_every=0)
     summary = nested_hrl.train(_task("hrl_nested/FourRooms-v0", 3 * 32), cfg)
     assert summary["iterations"] == 3
     assert len(calls) == 1, (
@@ -156,7 +148,7 @@ def test_resume_changing_the_number_of_subpolicies_exits_2_before_writing(main, 
 def test_training_success_rate_is_success_not_termination(monkeypatch, tmp_path):
     """A wrapped goal env that terminates without success (a failure state) must not report success."""
     monkeypatch.syspath_prepend(str(REPO))
-    cfg = nested_hrl.NestedHRLConfig(num_steps=8, n_inner=1, num_minibatches=2, hidden=(8,), eval_every=0)
+    cfg = small_nested_config(n_inner=1, eval_every=0)
     from hrl_nested.tracking import Run
 
     run = Run(tmp_path / "r", config={}, algo="nested-hrl", env="x", seed=0, total_steps=32, progress=False)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from hrl_nested import optim
-from hrl_nested.algos import nested_hrl
+from hrl_nested.algos import nested_hrl, nested_steps
 from hrl_nested.algos import nested_parts as parts
 from hrl_nested.algos.nested_parts import reward_fn_for
 from hrl_nested.hierarchy import GoalBounds, Hierarchy
@@ -83,15 +83,15 @@ def _pair(inner_opt, cfg, minibatches, seed: int = 0):
     reward_fn = reward_fn_for("goal", cfg.gamma)
     sb_k, pb_k = _batch(h, theta0, g)
     # the inner optimizer's state carries over: start from the state after one earlier step
-    warm = nested_hrl._inner_outer(h, sb_k, pb_k, minibatches, reward_fn, theta0, cfg)
+    warm = nested_steps.inner_outer(h, sb_k, pb_k, minibatches, reward_fn, theta0, cfg)
     with torch.no_grad():
         theta, state = run_inner(warm.inner_loss, inner_opt, theta0, None, phi, range(1))
     pending = parts.PendingOuter(sb_k, pb_k, minibatches, theta, state, cfg.n_inner)
-    prev = nested_hrl._inner_outer(h, sb_k, pb_k, minibatches, reward_fn, theta, cfg)
+    prev = nested_steps.inner_outer(h, sb_k, pb_k, minibatches, reward_fn, theta, cfg)
     with torch.no_grad():
         theta_new, state_new = run_inner(prev.inner_loss, inner_opt, theta, state, phi, range(cfg.n_inner))
     sb_n, pb_n = _batch(h, theta_new, g)
-    io_next = nested_hrl._inner_outer(h, sb_n, pb_n, minibatches, reward_fn, theta_new, cfg)
+    io_next = nested_steps.inner_outer(h, sb_n, pb_n, minibatches, reward_fn, theta_new, cfg)
     outer_opt = optim.adam(1e-3)
     learner = parts.LearnerState(theta_new, state_new, phi, outer_opt.init(phi))
     return SimpleNamespace(
@@ -132,7 +132,7 @@ def test_next_batch_hypergradient_matches_central_finite_differences(inner):
         p = _pair(opt, cfg, _FIXED_MINIBATCHES)
         # truncated (T = n_inner) also runs the live check, against unrolled of the same next-batch problem
         checked = method == "truncated"
-        out = nested_hrl._next_outer_step(
+        out = nested_steps.next_outer_step(
             p.pending, p.io_next, p.learner, p.pieces, cfg, 0, 1, checked=checked, check_alpha=False
         )
         assert out.ok and (out.cosine is None) != checked
@@ -194,7 +194,7 @@ def test_cg_and_neumann_on_the_next_batch_match_unrolled_at_convergence_with_the
         p = _pair(opt, cfg, full, seed=1)
         stationary_grad = torch.func.grad(p.prev.stationary_loss)(p.learner.theta, p.learner.phi)
         assert max(float(v.abs().max()) for v in stationary_grad.values()) < 1e-12  # θ' has converged
-        out = nested_hrl._next_outer_step(
+        out = nested_steps.next_outer_step(
             p.pending, p.io_next, p.learner, p.pieces, cfg, 0, 1, checked=False, check_alpha=False
         )
         assert out.ok

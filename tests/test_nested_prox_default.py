@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hrl_nested.algos import nested_hrl
+from hrl_nested.algos import nested_hrl, nested_steps
 from hrl_nested.algos.lirpg import LIRPGConfig
 
 
@@ -34,11 +34,11 @@ def test_the_inner_problem_gets_the_resolved_prox(monkeypatch):
         seen.update(kw)
         return "io"
 
-    monkeypatch.setattr(nested_hrl, "make_inner_outer", fake)
+    monkeypatch.setattr(nested_steps, "make_inner_outer", fake)
     h = type("H", (), {"sub_dist": None})()
     for method, expected in (("cg", 1.0), ("truncated", 0.0)):
         cfg = nested_hrl.NestedHRLConfig(hypergrad=method)
-        nested_hrl._inner_outer(h, None, None, [], None, {}, cfg)
+        nested_steps.inner_outer(h, None, None, [], None, {}, cfg)
         assert seen["prox"] == expected
 
 

@@ -27,6 +27,7 @@ from hrl_nested.shaping import (
     scalar_shaping,
 )
 from hrl_nested.tracking import Run
+from tests._hierarchies import small_nested_config
 from tests._scripts import load_script
 
 D = torch.float64
@@ -116,15 +117,7 @@ def test_the_truncated_estimator_of_the_loop_matches_unrolled_when_it_spans_ever
 
 def test_nested_hrl_with_scalar_shaping_learns_only_w_dist(tmp_path):
     task = Task(env="hrl_nested/FourRooms-v0", total_steps=3 * 32, num_envs=4, eval_episodes=2, device="cpu")
-    cfg = nested_hrl.NestedHRLConfig(
-        num_steps=8,
-        n_inner=2,
-        num_minibatches=2,
-        hidden=(8,),
-        hypergrad="unrolled",
-        shaping="scalar",
-        phi_lr=0.1,
-    )
+    cfg = small_nested_config(hypergrad="unrolled", shaping="scalar", phi_lr=0.1)
     run = Run(tmp_path / "run", config={}, algo="nested-hrl", env=task.env, seed=0,
               total_steps=task.total_steps, progress=False)  # fmt: skip
     summary = nested_hrl.train(task, cfg, run)

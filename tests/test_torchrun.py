@@ -5,43 +5,23 @@ clear error for a resume with another world size."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from _scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd += [str(ROOT / "experiments" / "train.py"), *args]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from tests._torchrun import RUN_FILES, metrics_rows, torchrun
 
 
 def test_torchrun_ppo_writes_one_run_and_resumes(tmp_path, capsys):
     run_dir = tmp_path / "run"
     flags = ["--algo", "ppo", "--env", "hrl_nested/CartPole-v1", "--device", "cpu", "--num-envs", "8"]
     flags += ["--ppo.num-steps", "16", "--ppo.num-minibatches", "4", "--eval-episodes", "2"]
-    out = _torchrun(*flags, "--total-steps", "256", "--run-dir", str(run_dir), "--wandb-mode", "disabled")
+    out = torchrun(*flags, "--total-steps", "256", "--run-dir", str(run_dir), "--wandb-mode", "disabled")
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("ppo on hrl_nested/CartPole-v1") == 1  # rank 0 alone reports
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoint.pt",
-        "config.json",
-        "metrics.jsonl",
-        "summary.json",
-    ]
-    rows = _rows(run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == RUN_FILES
+    rows = metrics_rows(run_dir)
     assert [r["env_steps"] for r in rows] == [128, 256]  # the union batch: 8 envs x 16 steps
     assert all("wall_s" in r for r in rows) and "eval_return_mean" in rows[-1]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -53,9 +33,9 @@ def test_torchrun_ppo_writes_one_run_and_resumes(tmp_path, capsys):
     obs0, obs1 = (part["obs"] for part in ckpt["ranks"])
     assert obs0.shape == obs1.shape == (4, 4) and not torch.equal(obs0, obs1)
 
-    out = _torchrun("--resume", str(run_dir), "--total-steps", "384")
+    out = torchrun("--resume", str(run_dir), "--total-steps", "384")
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = _rows(run_dir)
+    rows = metrics_rows(run_dir)
     assert [r["env_steps"] for r in rows] == [128, 256, 384]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 384 and summary["env_state_restored"] is True
@@ -67,4 +47,4 @@ def test_torchrun_ppo_writes_one_run_and_resumes(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "written by a run of 2 process(es)" in err and "this run has 1" in err
-    assert len(_rows(run_dir)) == 3
+    assert len(metrics_rows(run_dir)) == 3

@@ -9,7 +9,7 @@ Its ``train`` runs the nested loop (`hrl_nested.algos.nested_hrl.run_nested`) wi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 from hrl_nested.algos import Task
 from hrl_nested.algos.nested_hrl import ManagerConfig, run_nested
@@ -20,11 +20,7 @@ from hrl_nested.tracking import Run
 class HRLConfig(ManagerConfig):
     """Manager + subpolicies with HIRO's fixed negative-distance shaping (no outer loop)."""
 
-    def validate(self, task: Task | None = None) -> None:
-        """Raise `ConfigError` naming the first bad field (``--hrl.<field>``)."""
-        sec = {"section": "hrl"}
-        self._validate_common(sec, task)
-        self._validate_manager(sec)
+    section: ClassVar[str] = "hrl"
 
 
 Config = HRLConfig

@@ -11,6 +11,7 @@ The loop, written out top to bottom (`train` -> `run_nested`)::
         inner + outer      n_inner PPO steps of the subpolicies θ on φ-shaped advantages; φ descends
                            -J_ext(θ'(φ)) by `hrl_nested.hypergrad.hypergrad` (unrolled | truncated | cg |
                            neumann | es); a non-finite hypergradient skips the whole step
+                           (`hrl_nested.algos.nested_steps`)
         critics            V_w and V_ext, ordinary steps on detached targets
         manager            PPO on the SMDP transitions, every manager_every iterations
 
@@ -25,8 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -40,10 +40,13 @@ from hrl_nested.algos import (
     check,
     finite_float,
     layer_sizes,
+    nested_distributed,
     positive_int,
+    ppo_distributed,
     resolve_device,
 )
 from hrl_nested.algos import nested_parts as parts
+from hrl_nested.algos import nested_steps as steps
 from hrl_nested.algos.nested_parts import (
     _REQUIRED,
     _batch_stats,
@@ -55,8 +58,7 @@ from hrl_nested.algos.nested_parts import (
 )
 from hrl_nested.algos.ppo import _make_env
 from hrl_nested.hierarchy import Hierarchy, goal_bounds
-from hrl_nested.hypergrad import NonFiniteHypergradWarning, hypergrad, make_hvp, run_inner
-from hrl_nested.nested_objective import clip_by_global_norm, grad_cosine, make_inner_outer
+from hrl_nested.nested_objective import clip_by_global_norm
 from hrl_nested.rollout import CAPTURE_MODES, make_rollout
 from hrl_nested.shaping import init_free_shaping, init_goal_shaping, init_scalar_shaping, phi_summary
 from hrl_nested.tracking import Run, checkpoint_fits, require_keys, reset_for_resume, set_rng_state
@@ -107,8 +109,16 @@ class CommonConfig:
 
     state_shaping_fields: ClassVar[tuple[str, ...]] = ("num_steps", "hidden", "norm_obs")
     """Fields a resumed run may not change: the batch shape, the network sizes, obs normalization."""
+    section: ClassVar[str]
+    """The algorithm's section of the command line (``--<section>.<field>``), named by its errors."""
 
-    def _validate_common(self, sec: dict[str, str], task: Task | None) -> None:
+    def validate(self, task: Task | None = None) -> None:
+        """Raise `ConfigError` naming the first bad field (``--<section>.<field>``): the common fields first,
+        then those of each part the algorithm's config adds (`ManagerConfig`, `MetaFields`, its own)."""
+        self._validate_fields({"section": self.section}, task)
+
+    def _validate_fields(self, sec: dict[str, str], task: Task | None) -> None:
+        """This part's checks; a part that adds fields calls ``super()`` first, then checks its own."""
         positive_int(self.num_steps, "num_steps", **sec)
         for name in ("gamma", "gae_lambda"):
             finite_float(getattr(self, name), name, low=0.0, high=1.0, **sec)
@@ -163,7 +173,8 @@ class ManagerConfig(CommonConfig):
     state_shaping_fields: ClassVar[tuple[str, ...]] = (*CommonConfig.state_shaping_fields, "num_subpolicies")
     """Fields a resumed run may not change: the common ones and K, which shapes θ and the critics' input."""
 
-    def _validate_manager(self, sec: dict[str, str]) -> None:
+    def _validate_fields(self, sec: dict[str, str], task: Task | None) -> None:
+        super()._validate_fields(sec, task)
         for name in (
             "goal_horizon",
             "num_subpolicies",
@@ -236,7 +247,8 @@ class MetaFields:
             return float(self.prox)
         return IMPLICIT_PROX if self.hypergrad in ("cg", "neumann") else 0.0
 
-    def _validate_meta(self, sec: dict[str, str]) -> None:
+    def _validate_fields(self, sec: dict[str, str], task: Task | None) -> None:
+        super()._validate_fields(sec, task)  # a mixin: super() is the config's `CommonConfig` part
         check(
             self.hypergrad in HYPERGRADS,
             "hypergrad",
@@ -290,13 +302,10 @@ class NestedHRLConfig(MetaFields, ManagerConfig):
         "shaping",
     )
     """Fields a resumed run may not change (they shape the checkpointed tensors)."""
+    section: ClassVar[str] = "nested_hrl"
 
-    def validate(self, task: Task | None = None) -> None:
-        """Raise `ConfigError` naming the first bad field (``--nested-hrl.<field>``)."""
-        sec = {"section": "nested_hrl"}
-        self._validate_common(sec, task)
-        self._validate_manager(sec)
-        self._validate_meta(sec)
+    def _validate_fields(self, sec: dict[str, str], task: Task | None) -> None:
+        super()._validate_fields(sec, task)
         check(self.shaping in SHAPINGS, "shaping", f"one of {', '.join(SHAPINGS)}", self.shaping, **sec)
 
 
@@ -321,20 +330,29 @@ def run_nested(
     """
     task.validate()
     cfg.validate(task)
-    distributed.require_one_process(algo, "its hypergradients (a double backward) are not all-reduced yet")
     learn_phi = shaping != "fixed"
     if run is None:
         run = Run(None, config={}, algo=algo, env=task.env, seed=task.seed, total_steps=0, progress=False)
-    device = resolve_device(task.device)
+    world = distributed.current_world()  # torchrun: see hrl_nested.algos.nested_distributed
+    device = distributed.rank_device(resolve_device(task.device), world)
     torch.manual_seed(task.seed)
 
     # ---- setup: envs, networks, φ, optimizers, rollout
-    env = _make_env(task.env, task.num_envs, device)
+    env = _make_env(task.env, distributed.local_num_envs(task.num_envs, world), device)
     eval_env = _make_env(task.env, task.eval_episodes, device, **eval_env_kwargs(task))
-    videos = VideoCapture.for_run(task, run)  # None unless --capture-video
+    videos = VideoCapture.for_run(task, run) if world.is_main else None  # None unless --capture-video
     h = _hierarchy(env, cfg, manager, device)
     inner_opt = clip_by_global_norm(optim.adam(cfg.sub_lr, eps=1e-5, eps_root=1e-16), cfg.max_grad_norm)
     phi = _init_phi(h, cfg, shaping, device)
+    shards = None
+    if world.size > 1:  # every rank starts from rank 0's networks; each samples its own actions
+        h.theta0 = distributed.broadcast_tensors(h.theta0, world)
+        phi = distributed.broadcast_tensors(phi, world)
+        for module in (h.critics, h.manager):
+            if module is not None:
+                distributed.broadcast_module(module, world)
+        distributed.seed_rank(task.seed, world)
+        shards = nested_distributed.Shards(world, task.num_envs, cfg.num_steps, task.seed)
     outer_opt = optim.adam(cfg.phi_lr if learn_phi else 0.0)  # fixed shaping: never stepped
     learner = parts.LearnerState(dict(h.theta0), inner_opt.init(h.theta0), phi, outer_opt.init(phi))
     critic_opt = torch.optim.Adam(h.critics.parameters(), lr=cfg.critic_lr, eps=1e-5)
@@ -347,11 +365,11 @@ def run_nested(
     batch_size = task.num_envs * cfg.num_steps
     num_iterations = max(1, math.ceil(task.total_steps / batch_size))
 
-    obs, _ = env.reset(seed=task.seed)
+    obs, _ = distributed.reset_shard(env, task.seed, task.num_envs, world)
     loop = parts.LoopState(0, 0, obs, h.initial_carry(obs), {}, 0, [])
     if run.resume_state is not None:
-        loop, learner = _resume(run, task, h, env, collect, critic_opt, mgr_opt, device)
-    if h.goal is not None:
+        loop, learner = _resume(run, task, h, env, collect, critic_opt, mgr_opt, device, shards)
+    if h.goal is not None and world.is_main:
         print(f"{algo}: goal bounds from {h.goal.source}", flush=True)
     run.start()
     env_steps, obs, carry = loop.env_steps, loop.obs, loop.carry
@@ -376,16 +394,19 @@ def run_nested(
         if prep.open_return is not None:  # the learner keeps the open segments' running return
             carry = {**carry, "seg_return": prep.open_return}
         if h.obs_normalizer is not None:  # after the batch is prepared with the stats its rollout used
-            h.obs_normalizer.update(batch.obs)
+            h.obs_normalizer.update(batch.obs, reduce=distributed.moments_reducer(world))
 
         # ---- inner steps of θ on φ-shaped advantages; φ by the hypergradient every phi_every iterations
         row: dict[str, Any] = {}
-        minibatches = _minibatches(batch_size, cfg, device)
-        io = _inner_outer(h, prep.sb, prep.pb, minibatches, reward_fn, learner.theta, cfg)
+        if shards is None:
+            minibatches = _minibatches(batch_size, cfg, device)
+        else:  # torchrun: this rank's rows of the union batch's minibatches
+            minibatches = shards.minibatches(cfg, device)
+        io = steps.inner_outer(h, prep.sb, prep.pb, minibatches, reward_fn, learner.theta, cfg)
         if next_batch:  # online cross-validation: the previous inner update is judged on this batch
             if pending is not None:
                 checked = cfg.check_every > 0 and iteration % cfg.check_every == 0
-                out = _next_outer_step(
+                out = steps.next_outer_step(
                     pending,
                     io,
                     learner,
@@ -406,7 +427,7 @@ def run_nested(
                     outer_skipped += 1
                 row["hypergrad_norm"] = out.norm
             start = learner
-            learner = _plain_inner(io, learner, inner_opt, cfg)
+            learner = steps.plain_inner(io, learner, inner_opt, cfg)
             timer.mark("inner")
             pending = None
             if iteration % cfg.phi_every == 0:
@@ -415,7 +436,7 @@ def run_nested(
                 )
         elif learn_phi and iteration % cfg.phi_every == 0:
             checked = cfg.check_every > 0 and iteration % cfg.check_every == 0
-            out = _outer_step(
+            out = steps.outer_step(
                 io,
                 learner,
                 inner_opt,
@@ -428,7 +449,7 @@ def run_nested(
             alpha_checked = True
             timer.mark("hypergrad")
             if checked:
-                row["hypergrad_cosine"] = _live_check(
+                row["hypergrad_cosine"] = steps.live_check(
                     io, learner, out.grads, inner_opt, cfg, task.seed + iteration
                 )
             if out.ok:
@@ -437,42 +458,55 @@ def run_nested(
                 outer_skipped += 1
             row["hypergrad_norm"] = out.norm
         else:
-            learner = _plain_inner(io, learner, inner_opt, cfg)
+            learner = steps.plain_inner(io, learner, inner_opt, cfg)
             timer.mark("inner")
         if learn_phi:
             row["outer_skipped"] = outer_skipped
 
         # ---- critics (ordinary steps on detached targets) and manager (PPO on SMDP transitions)
         ret_w, r_in = parts.shaped_returns(learner.phi, prep, reward_fn, cfg)
-        row["critic_loss"] = parts.update_critics(h, critic_opt, prep, ret_w, cfg)
+        row["critic_loss"] = parts.update_critics(h, critic_opt, prep, ret_w, cfg, shards=shards)
         timer.mark("critics")
         if h.manager is not None:
-            mgr_rows.append(prep.manager_rows)
+            if shards is None:
+                mgr_rows.append(prep.manager_rows)
+            else:  # torchrun: every rank trains the manager on the union's ended segments
+                mgr_rows.append(shards.gather_manager_rows(prep.manager_rows, prep.smdp.mask))
             if (iteration + 1) % cfg.manager_every == 0:
-                row.update(parts.update_manager(h, mgr_opt, mgr_rows, cfg))
+                gen = None if shards is None else shards.generator
+                row.update(parts.update_manager(h, mgr_opt, mgr_rows, cfg, generator=gen))
                 mgr_rows = []
             timer.mark("manager")
 
         # ---- log (one host copy), evaluate, checkpoint
-        row.update(_batch_stats(h, env, batch, prep, r_in, result))
-        row.update(phi_summary(learner.phi, parts.potential_range(learner.phi, prep)) if learn_phi else {})
+        row.update(_batch_stats(h, env, batch, prep, r_in, result, world))
+        if learn_phi:
+            out_range = parts.potential_range(learner.phi, prep)
+            out_range = out_range if shards is None else shards.union_range(out_range)
+            row.update(phi_summary(learner.phi, out_range))
         env.raise_pending()  # deferred invalid-action checks (validate=True) surface here; free if none
         host = _to_host(row)
         host.update(iteration=iteration + 1, env_steps=env_steps, **timer.splits())
         host["sps"] = round(batch_size / (time.perf_counter() - t_iter))
         last = iteration + 1 == num_iterations
-        if last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0):
+        due = last or (cfg.eval_every > 0 and (iteration + 1) % cfg.eval_every == 0)
+        if due and world.is_main:
             t_eval = time.perf_counter()
             video = None if videos is None else videos.clip(env_steps)
             seed = task.seed + 7919 * (iteration + 1)
             last_eval = parts.evaluate(h, learner.theta, eval_env, seed=seed, video=video)
             host.update(last_eval, eval_s=time.perf_counter() - t_eval)
         run.log(host)
-        if run.checkpoint_due() or last:
+        (save,) = distributed.broadcast_flags([run.checkpoint_due() or last], world, device)  # rank 0's clock
+        if save:
             loop = parts.LoopState(
                 iteration + 1, env_steps, obs, carry, last_eval, outer_skipped, mgr_rows, pending
             )
-            run.save_checkpoint(_checkpoint(loop, learner, h, critic_opt, mgr_opt, env, collect))
+            state = _checkpoint(loop, learner, h, critic_opt, mgr_opt, env, collect)
+            if shards is not None:  # every rank's envs, carry and RNG, gathered into rank 0's checkpoint
+                state = nested_distributed.gather_checkpoint(state, shards)
+            if state is not None:
+                run.save_checkpoint(state)
 
     summary = {
         "iterations": run.last_row.get("iteration", loop.iteration),
@@ -486,11 +520,15 @@ def run_nested(
     return run.finish(summary)
 
 
-def _resume(run: Run, task: Task, h: Hierarchy, env, collect, critic_opt, mgr_opt, device):
+def _resume(run: Run, task: Task, h: Hierarchy, env, collect, critic_opt, mgr_opt, device, shards=None):
     """``(LoopState, LearnerState)`` from ``run.resume_state`` loaded into the live objects; a checkpoint
-    that does not fit is a `CheckpointError` naming the file."""
-    st = run.resume_state
+    that does not fit (or was written by another world size) is a `CheckpointError` naming the file.
+    Under ``torchrun`` (``shards``) each rank loads its own envs, carry and RNG states."""
+    world = distributed.World() if shards is None else shards.world
+    st = ppo_distributed.rank_view(run.resume_state, world, run.checkpoint_path)
     require_keys(st, _REQUIRED, run.checkpoint_path)
+    if shards is not None:
+        shards.load_state_dict(st["minibatch"])
     with checkpoint_fits(run.checkpoint_path):
         learner = _restore(st, h, critic_opt, mgr_opt, device)
         if envs.supports_state(env) and st["env"] is not None:
@@ -498,7 +536,8 @@ def _resume(run: Run, task: Task, h: Hierarchy, env, collect, critic_opt, mgr_op
             collect.load_state_dict(st["rollout"])
             obs, carry = _to(st["obs"], device), _to(st["carry"], device)
         else:  # a simulator's state cannot be checkpointed: fresh episodes, fresh segments
-            obs = reset_for_resume(env, task.env, task.seed, int(st["iteration"]))
+            shard = lambda s: distributed.reset_shard(env, s, task.num_envs, world)  # noqa: E731
+            obs = reset_for_resume(env, task.env, task.seed, int(st["iteration"]), reset=shard)
             carry = h.initial_carry(obs)
         set_rng_state(st["rng"])
         loop = parts.LoopState(
@@ -555,24 +594,6 @@ def _init_phi(h: Hierarchy, cfg, shaping: str, device) -> dict[str, torch.Tensor
     return phi
 
 
-def _inner_outer(h: Hierarchy, sb, pb, minibatches, reward_fn, theta_start, cfg):
-    """The iteration's `make_inner_outer` problem with the config's PPO and proximal settings."""
-    return make_inner_outer(
-        h.sub_dist,
-        sb,
-        pb,
-        minibatches,
-        reward_fn,
-        theta_start=theta_start,
-        gamma=cfg.gamma,
-        gae_lambda=cfg.gae_lambda,
-        clip_coef=cfg.clip_coef,
-        ent_coef=cfg.ent_coef,
-        norm_adv=cfg.norm_adv,
-        prox=cfg.resolved_prox() if hasattr(cfg, "resolved_prox") else 0.0,  # hrl: no φ, no prox
-    )
-
-
 def _minibatches(batch_size: int, cfg, device) -> list[torch.Tensor]:
     """The row indices of each inner step, drawn here, outside the loss (fresh permutation per pass)."""
     mb = batch_size // cfg.num_minibatches
@@ -583,186 +604,3 @@ def _minibatches(batch_size: int, cfg, device) -> list[torch.Tensor]:
         j = t % cfg.num_minibatches
         out.append(perm[j * mb : (j + 1) * mb])
     return out
-
-
-# ---------------------------------------------------------------------------- inner / outer
-def _inner_opt_args(inner_opt, cfg) -> dict[str, Any]:
-    if getattr(cfg, "meta_lr", False):  # the engine builds Adam from exp(φ["log_sub_lr"])
-        return {"inner_optimizer": "adam", "inner_lr": lambda p: p["log_sub_lr"].exp()}
-    return {"inner_optimizer": inner_opt, "inner_lr": cfg.sub_lr}
-
-
-def _method_options(cfg, method: str, seed: int) -> dict[str, Any]:
-    return {
-        "unrolled": {},
-        "truncated": {"truncate": cfg.truncate},
-        "cg": {"iters": cfg.cg_iters, "tol": cfg.cg_tol},
-        "neumann": {"terms": cfg.neumann_terms, "alpha": cfg.neumann_alpha or cfg.sub_lr},
-        "es": {"samples": cfg.es_samples, "sigma": cfg.es_sigma, "seed": seed},
-    }[method]
-
-
-class OuterStep(NamedTuple):
-    """One hypergradient step: ``ok`` False when it was skipped (a non-finite hypergradient or new θ),
-    ``learner`` after it (the one it started from when skipped), the hypergradient's norm and value."""
-
-    ok: bool
-    learner: parts.LearnerState
-    norm: torch.Tensor
-    grads: dict[str, torch.Tensor]
-
-
-def _outer_step(
-    io,
-    learner,
-    inner_opt,
-    outer_opt,
-    cfg,
-    seed: int,
-    iteration: int,
-    *,
-    check_alpha: bool,
-    inner_steps: int | None = None,
-) -> OuterStep:
-    """``n_inner`` inner steps (``inner_steps`` if given) and one outer Adam step on φ with the
-    estimator's hypergradient; with ``check_alpha`` (neumann), first check that the series converges
-    (`_check_neumann_alpha`)."""
-    method = cfg.hypergrad
-    opts = _method_options(cfg, method, seed * 1_000_003 + iteration)
-    if method in ("cg", "neumann"):
-        opts["stationary_loss"] = io.stationary_loss
-        if method == "neumann" and check_alpha:
-            _check_neumann_alpha(io, learner.theta, learner.phi, opts["alpha"], cfg.resolved_prox())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NonFiniteHypergradWarning)  # counted as outer_skipped instead
-        res = hypergrad(
-            io.inner_loss,
-            io.outer_loss,
-            learner.theta,
-            learner.phi,
-            method=method,
-            inner_steps=cfg.n_inner if inner_steps is None else inner_steps,
-            opt_state=learner.inner_state,
-            on_nonfinite="zero",
-            max_norm=cfg.hypergrad_max_norm,
-            **_inner_opt_args(inner_opt, cfg),
-            **opts,
-        )
-    finite = torch.stack([torch.isfinite(v).all() for v in res.params.values()]).all()
-    if res.nonfinite or not bool(finite):  # the iteration's one decision on the host
-        return OuterStep(False, learner, res.grad_norm, res.grads)
-    phi, outer_state = outer_opt.update(res.grads, learner.outer_state, learner.phi)
-    phi = {k: v.detach() for k, v in phi.items()}
-    return OuterStep(
-        True, parts.LearnerState(res.params, res.opt_state, phi, outer_state), res.grad_norm, res.grads
-    )
-
-
-class NextOuterStep(NamedTuple):
-    """`_next_outer_step`'s result: `OuterStep`'s fields and the live check's cosine (None unless checked)."""
-
-    ok: bool
-    learner: parts.LearnerState
-    norm: torch.Tensor
-    grads: dict[str, torch.Tensor]
-    cosine: torch.Tensor | None
-
-
-def _next_outer_step(
-    pending: parts.PendingOuter,
-    io,
-    learner: parts.LearnerState,
-    pieces,
-    cfg,
-    seed: int,
-    iteration: int,
-    *,
-    checked: bool,
-    check_alpha: bool,
-) -> NextOuterStep:
-    """φ's step with the outer loss on the *next* batch (``outer_batch="next"``).
-
-    The inner problem is the pending iteration's (its batch, minibatches, prox centre θ_start), the outer
-    loss is ``io``'s: ``-mean(π_θ'/π_behaviour · A_ext)`` on the batch θ' itself collected, so the ratio
-    is 1 at θ' but its gradient is not zero. unrolled, truncated and es recompute the pending inner steps
-    from the saved θ_start and optimizer state (recomputation: no graph is kept across iterations);
-    cg and neumann need only θ', which ``learner`` holds, and take the implicit gradient there
-    (0 inner steps). ``pieces``: ``(hierarchy, reward_fn, inner_opt, outer_opt)``.
-    """
-    h, reward_fn, inner_opt, outer_opt = pieces
-    # the pending update's own step count (a resumed run may have changed n_inner since)
-    cfg = dataclasses.replace(cfg, n_inner=pending.inner_steps)
-    prev = _inner_outer(h, pending.sb, pending.pb, pending.minibatches, reward_fn, pending.theta_start, cfg)
-    problem = prev._replace(outer_loss=io.outer_loss)
-    start = learner._replace(theta=pending.theta_start, inner_state=pending.inner_state)
-    implicit = cfg.hypergrad in ("cg", "neumann")
-    out = _outer_step(
-        problem,
-        learner if implicit else start,
-        inner_opt,
-        outer_opt,
-        cfg,
-        seed,
-        iteration,
-        check_alpha=check_alpha,
-        inner_steps=0 if implicit else None,
-    )
-    cosine = None
-    if checked:
-        cosine = _live_check(problem, start, out.grads, inner_opt, cfg, seed + iteration)
-    return NextOuterStep(*out, cosine)
-
-
-def _plain_inner(io, learner, inner_opt, cfg) -> parts.LearnerState:
-    """The inner steps without a hypergradient (``hrl``, or between φ updates); skipped if not finite."""
-    opt = inner_opt
-    if getattr(cfg, "meta_lr", False):
-        opt = optim.adam(learner.phi["log_sub_lr"].exp(), eps_root=1e-16)
-    with torch.no_grad():
-        new, state = run_inner(
-            io.inner_loss, opt, learner.theta, learner.inner_state, learner.phi, range(cfg.n_inner)
-        )
-    if bool(torch.stack([torch.isfinite(v).all() for v in new.values()]).all()):
-        return learner._replace(theta={k: v.detach() for k, v in new.items()}, inner_state=state)
-    return learner
-
-
-def _live_check(io, start, est, inner_opt, cfg, seed: int) -> torch.Tensor:
-    """Cosine between the estimator's hypergradient ``est`` and the exact unrolled one (es for unrolled)
-    from the same ``start`` (`parts.LearnerState`)."""
-    method = "es" if cfg.hypergrad == "unrolled" else "unrolled"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NonFiniteHypergradWarning)
-        ref = hypergrad(
-            io.inner_loss,
-            io.outer_loss,
-            start.theta,
-            start.phi,
-            method=method,
-            inner_steps=cfg.n_inner,
-            opt_state=start.inner_state,
-            on_nonfinite="zero",
-            **_inner_opt_args(inner_opt, cfg),
-            **_method_options(cfg, method, seed),
-        )
-    return grad_cosine(est, ref.grads)
-
-
-def _check_neumann_alpha(io, theta, phi, alpha: float, prox: float, iters: int = 8) -> None:
-    """Power iteration for ``||H||`` of the stationary loss; warn when ``α >= 2 / (λ + ||H||)``."""
-    hvp = make_hvp(io.stationary_loss, theta, phi)
-    v = {k: torch.randn_like(t) for k, t in theta.items()}
-    norm = torch.zeros(())
-    for _ in range(iters):
-        n = torch.sqrt(sum(x.square().sum() for x in v.values())).clamp_min(1e-30)
-        v = hvp({k: x / n for k, x in v.items()})
-        norm = torch.sqrt(sum(x.square().sum() for x in v.values()))
-    h_norm = float(norm)  # includes λ: the stationary loss holds the proximal term
-    if alpha >= 2.0 / max(h_norm, 1e-30):
-        warnings.warn(
-            f"neumann: alpha={alpha:g} >= 2/(prox + ||H||) = {2.0 / h_norm:.3g} "
-            f"(||H|| ~ {h_norm - prox:.3g}, "
-            f"prox={prox:g}): the Neumann series diverges; lower --nested-hrl.neumann-alpha",
-            RuntimeWarning,
-            stacklevel=2,
-        )

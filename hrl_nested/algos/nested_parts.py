@@ -151,10 +151,23 @@ def shaped_returns(phi, prep: Prepared, reward_fn, cfg) -> tuple[torch.Tensor, t
 
 
 def update_critics(
-    h: Hierarchy, opt: torch.optim.Optimizer, prep: Prepared, ret_w: torch.Tensor, cfg
+    h: Hierarchy,
+    opt: torch.optim.Optimizer,
+    prep: Prepared,
+    ret_w: torch.Tensor,
+    cfg,
+    *,
+    shards: Any = None,
 ) -> torch.Tensor:
-    """Ordinary regression steps of ``V_w`` and ``V_ext`` on detached targets; the mean loss."""
+    """Ordinary regression steps of ``V_w`` and ``V_ext`` on detached targets; the mean loss.
+
+    ``shards`` (under ``torchrun``, a `hrl_nested.algos.nested_distributed.Shards`): the minibatches are
+    those of the union batch, drawn from its generator, and the step uses the union minibatch's
+    gradient (``all_reduce`` of the rows' summed loss gradients over the union size), as flat PPO does.
+    """
     b = ret_w.shape[0]
+    if shards is not None:
+        return shards.update_critics(h, opt, prep, ret_w, cfg)
     mb = max(1, b // cfg.num_minibatches)
     total = torch.zeros((), device=ret_w.device)
     for _ in range(cfg.critic_epochs):
@@ -174,12 +187,30 @@ def update_critics(
     return total / (cfg.critic_epochs * ((b + mb - 1) // mb))
 
 
+def critic_loss_sum(h: Hierarchy, prep: Prepared, ret_w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``½ Σ_idx [(V_w - R_w)² + (V_ext - R_ext)²]`` over rows ``idx``: the critics' minibatch loss times its
+    size (a rank's part of the union minibatch's loss under ``torchrun``)."""
+    x = prep.critic_x[idx]
+    return 0.5 * (
+        (h.critics["w"](x).squeeze(-1) - ret_w[idx]).square().sum()
+        + (h.critics["ext"](x).squeeze(-1) - prep.ret_ext[idx]).square().sum()
+    )
+
+
 def update_manager(
-    h: Hierarchy, opt: torch.optim.Optimizer, rows: list[dict[str, torch.Tensor]], cfg
+    h: Hierarchy,
+    opt: torch.optim.Optimizer,
+    rows: list[dict[str, torch.Tensor]],
+    cfg,
+    *,
+    generator: torch.Generator | None = None,
 ) -> dict[str, Any]:
     """PPO (`ppo_objective`) on the manager's SMDP transitions, the segments that ended since its last
     update; no optimizer step at all without one (Adam's momentum would move the manager on zero
-    gradients). A minibatch of one transition is not advantage-normalized (its std is undefined)."""
+    gradients). A minibatch of one transition is not advantage-normalized (its std is undefined).
+
+    ``generator`` (a CPU generator; None: torch's global one) draws the permutations: under ``torchrun``
+    every rank holds the union's rows and the same generator, so every rank takes the same steps."""
     data = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
     b = data["advantages"].shape[0]
     if b == 0:
@@ -187,7 +218,10 @@ def update_manager(
     params = dict(h.manager.named_parameters())
     stats = []
     for _ in range(cfg.manager_epochs):
-        perm = torch.randperm(b, device=data["advantages"].device)
+        if generator is None:
+            perm = torch.randperm(b, device=data["advantages"].device)
+        else:
+            perm = torch.randperm(b, generator=generator).to(data["advantages"].device)
         for idx in perm.tensor_split(min(cfg.manager_minibatches, b)):
             loss, st = ppo_objective(
                 h.manager_dist,
@@ -280,31 +314,52 @@ class _Timer:
         return {k: round(v, 5) for k, v in self.out.items()}
 
 
-def _batch_stats(h: Hierarchy, env, batch, prep, r_in, result) -> dict[str, torch.Tensor]:
+def _batch_stats(h: Hierarchy, env, batch, prep, r_in, result, world=None) -> dict[str, torch.Tensor]:
     """Device scalars: episode returns, success, rewards, segments, subpolicy usage.
 
     ``success_rate``: the episodes that ended in the batch and succeeded, by `step_success`'s rule for an
     env whose info does not reach the batch: ``compute_terminated`` on the true final observation
     (``next_obs`` at an episode end). An env without that rule (a wrapped goal env, whose success
     lives in ``info["is_success"]``) logs none: termination is not success in general.
+
+    Each value is a ratio of two sums over the batch (`_batch_sums`); under ``torchrun`` (``world`` with
+    more than one rank) both sums are all-reduced first (one collective), so every value is the union's.
     """
+    sums = _batch_sums(h, env, batch, prep, r_in, result)
+    names = list(sums)
+    num = torch.stack([sums[k][0].float().reshape(()) for k in names])
+    den = torch.stack([torch.as_tensor(sums[k][1], device=num.device).float().reshape(()) for k in names])
+    if world is not None and world.size > 1:
+        from hrl_nested.distributed import all_reduce_sum  # the one-process loop never needs it
+
+        both = all_reduce_sum(torch.cat([num, den]), world)
+        num, den = both[: len(names)], both[len(names) :]
+    return {k: num[i] / den[i].clamp_min(1) if k not in _SUMS else num[i] for i, k in enumerate(names)}
+
+
+_SUMS = ("episodes", "episode_return_sum")
+
+
+def _batch_sums(h: Hierarchy, env, batch, prep, r_in, result) -> dict[str, tuple[torch.Tensor, Any]]:
+    """``{name: (numerator, denominator)}`` of `_batch_stats` over this process's batch."""
+    rows = batch.rewards.numel()
     out = {
-        "episodes": result.episode_count.float(),
-        "episode_return_sum": result.episode_return_sum.float(),
-        "r_ext_mean": batch.rewards.float().mean(),
-        "r_in_mean": r_in.float().mean(),
+        "episodes": (result.episode_count, 1),
+        "episode_return_sum": (result.episode_return_sum, 1),
+        "r_ext_mean": (batch.rewards.float().sum(), rows),
+        "r_in_mean": (r_in.float().sum(), rows),
     }
     final = batch.next_obs
     if h.is_dict and "achieved_goal" in final and hasattr(env, "compute_terminated"):
         done = batch.terminated | batch.truncated
         ok = torch.as_tensor(env.compute_terminated(final["achieved_goal"], final["desired_goal"])).bool()
-        out["success_rate"] = (ok & done).sum() / done.sum().clamp_min(1)
+        out["success_rate"] = ((ok & done).sum(), done.sum())
     if prep.smdp is not None:
-        ended = prep.smdp.mask.sum().clamp_min(1)
-        out["subgoal_reached_rate"] = (prep.reached & prep.seg_end).sum() / ended
-        out["segment_length_mean"] = prep.smdp.length.sum() / ended
+        ended = prep.smdp.mask.sum()
+        out["subgoal_reached_rate"] = ((prep.reached & prep.seg_end).sum(), ended)
+        out["segment_length_mean"] = (prep.smdp.length.sum(), ended)
         for j in range(h.K if h.K > 1 else 0):
-            out[f"subpolicy_usage_{j}"] = (batch.carry["k"] == j).float().mean()
+            out[f"subpolicy_usage_{j}"] = ((batch.carry["k"] == j).sum(), rows)
     return out
 
 

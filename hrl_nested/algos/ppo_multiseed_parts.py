@@ -30,6 +30,7 @@ import torch
 from torch.optim.adam import adam as torch_adam
 
 from envs.rng import bits_to_uniform, philox4x32
+from hrl_nested.moments import Moments, merge_moments
 from hrl_nested.pytree import Obs, tree_leaves, tree_map
 from hrl_nested.rollout import no_garbage_collection
 
@@ -169,14 +170,11 @@ class StackedObsNormalizer:
             x = x.detach().reshape(x.shape[0], -1, *mean.shape[1:]).to(torch.float64)
             b_mean, b_var, b_count = x.mean(1), x.var(1, unbiased=False), x.shape[1]
             var, count = self.var[k], self.count[k]
-            c = count.reshape(-1, *([1] * (mean.dim() - 1)))
-            delta = b_mean - mean
-            total = c + b_count
-            m2 = var * c + b_var * b_count + delta.square() * c * b_count / total
-            new = (mean + delta * b_count / total, m2 / total, count + b_count)
-            mean.copy_(new[0])
-            var.copy_(new[1])
-            count.copy_(new[2])
+            c = count.reshape(-1, *([1] * (mean.dim() - 1)))  # (K, 1, ...): one count per seed
+            merged = merge_moments(Moments(c, mean, var * c), Moments(b_count, b_mean, b_var * b_count))
+            mean.copy_(merged.mean)
+            var.copy_(merged.m2 / merged.count)
+            count.copy_(count + b_count)
 
     def stats(self) -> dict[str, torch.Tensor]:
         """``{"<key>.mean": (K, ...), "<key>.var": (K, ...)}`` float32: `ObsNormalizer.stats`, stacked."""

@@ -102,6 +102,8 @@ def reset_for_resume(env: Any, env_id: str, seed: int, iteration: int, reset: An
     rank resets its envs with their global indices, `hrl_nested.distributed.reset_shard`)."""
     reset_seed = seed + 1_000_003 * iteration
     obs, _ = env.reset(seed=reset_seed) if reset is None else reset(reset_seed)
+    if _is_other_rank():  # torchrun: rank 0 says it once for the run
+        return obs
     print(
         f"resume: {env_id} keeps its state in a simulator, which a checkpoint cannot hold; the learner "
         f"(networks, optimizers, obs statistics, RNG, counters) is restored and the envs start fresh "
@@ -109,6 +111,12 @@ def reset_for_resume(env: Any, env_id: str, seed: int, iteration: int, reset: An
         flush=True,
     )
     return obs
+
+
+def _is_other_rank() -> bool:
+    """A rank other than 0 of an initialized ``torch.distributed`` process group (it prints no notices)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
 
 
 @contextlib.contextmanager
