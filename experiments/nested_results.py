@@ -312,7 +312,8 @@ def aims_markdown(items: list[dict]) -> list[str]:
     """The aims as a table (every number from ``results.json``)."""
     if not items:
         return []
-    lines = ["", "The issue's aims, checked against the table above:", "",
+    lines = ["", "The issue's aims, checked against the table above (why: `findings.md`, and "
+             "`lirpg_findings.md` for lirpg, written by hand from these runs):", "",
              "| task | aim | measured | met |", "|---|---|---|---|"]  # fmt: skip
     for it in items:
         if it["against"] is None:
