@@ -293,6 +293,9 @@ def main(cfg: Config) -> list[dict[str, Any]]:
         torch._inductor.config.force_disable_caches = True
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    unknown = sorted(set(cfg.peer_tasks) - set(GYMNAX_PEERS))
+    if unknown:
+        raise SystemExit(f"--peer-tasks: expected names from {sorted(GYMNAX_PEERS)}, got {unknown}")
     device = torch.device(cfg.device)
     load_before = load_average()
     rows = []

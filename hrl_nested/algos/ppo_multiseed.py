@@ -196,7 +196,9 @@ def train_seeds(
     flat = layout.flat  # (K, P): every seed's parameters; updated in place by the fused Adam
     mu, nu = torch.zeros_like(flat), torch.zeros_like(flat)
     adam_count = torch.zeros((), dtype=torch.float32, device=device)
-    rms = StackedObsNormalizer(env.single_observation_space, K, device=device) if cfg.norm_obs else None
+    obs_normalizer = (
+        StackedObsNormalizer(env.single_observation_space, K, device=device) if cfg.norm_obs else None
+    )
     discrete = template.log_std is None
     act_shape = (N, int(env.single_action_space.n)) if discrete else (N, template.log_std.shape[0])
     # "auto": a CUDA graph on CUDA (the noise is an input, so the whole T-step loop is capturable)
@@ -232,7 +234,7 @@ def train_seeds(
 
             # ---- rollout: T steps x (K x N) envs, each seed's policy and noise on its own envs
             params = layout.dense(flat)
-            stats_in = {} if rms is None else rms.stats()
+            stats_in = {} if obs_normalizer is None else obs_normalizer.stats()
             if counter:
                 noise = counter_noise(keys, iteration, T, act_shape, gaussian=not discrete, dtype=flat.dtype)
             else:
@@ -260,8 +262,8 @@ def train_seeds(
                     cfg.gamma,
                     cfg.gae_lambda,
                 )
-            if rms is not None:
-                rms.update(_seed_major(batch.obs, K))
+            if obs_normalizer is not None:
+                obs_normalizer.update(_seed_major(batch.obs, K))
             flat_batch = tree_map(
                 lambda t: t.reshape(K, batch_size, *t.shape[3:]),
                 {
@@ -311,7 +313,9 @@ def train_seeds(
                 t_eval = time.perf_counter()
                 eval_seeds = [s + 7919 * (iteration + 1) for s in seeds]
                 params = layout.dense(flat)
-                evals = evaluate_seeds(template, params, eval_env, rms, eval_seeds, live=live, cfg=cfg)
+                evals = evaluate_seeds(
+                    template, params, eval_env, obs_normalizer, eval_seeds, live=live, cfg=cfg
+                )
                 eval_s = time.perf_counter() - t_eval
                 for k in rows_live:
                     last_eval[k] = evals[k]
@@ -329,7 +333,9 @@ def train_seeds(
             logged = writer.log(rows, wait=bool(saving))
             if saving:
                 opt = (mu, nu, adam_count)
-                states = _checkpoints(saving, iteration + 1, env_steps, layout, flat, opt, rms, last_eval)
+                states = _checkpoints(
+                    saving, iteration + 1, env_steps, layout, flat, opt, obs_normalizer, last_eval
+                )
                 for_each_run([runs[k] for k in saving], "save_checkpoint", [states[k] for k in saving])
             ending = [k for k in rows_live if last or k in solved]
             for k in ending:
@@ -575,13 +581,15 @@ def clip_grad_norm_per_seed(
     return layout.dense(clipped), norms
 
 
-def _checkpoints(seeds, iteration, env_steps, layout, flat, opt, rms, last_eval) -> dict[int, dict[str, Any]]:
+def _checkpoints(
+    seeds, iteration, env_steps, layout, flat, opt, obs_normalizer, last_eval
+) -> dict[int, dict[str, Any]]:
     """The checkpoints of the seeds (row indices) ``seeds``, keyed by row: each an `ActorCritic` state dict,
     its Adam moments and obs statistics, from one host copy of all seeds' tensors. A multi-seed run cannot
     be resumed (the shared env batch is not saved); an agent can be loaded for evaluation."""
     mu, nu, count = opt
     host = [layout.views(t.cpu()) for t in (flat, mu, nu)]
-    obs_norm = None if rms is None else rms.host_state_dicts()
+    obs_norm = None if obs_normalizer is None else obs_normalizer.host_state_dicts()
     out = {}
     for k in seeds:
         agent, m, v = ({n: t[k].clone() for n, t in views.items()} for views in host)
