@@ -216,14 +216,15 @@ def check_neumann_alpha(io, theta, phi, alpha: float, prox: float, iters: int = 
     hvp = make_hvp(io.stationary_loss, theta, phi)
     # torchrun: rank 0's start vector on every rank (their generators differ, the operator is shared)
     v = {k: torch.randn_like(t) for k, t in theta.items()}
-    v = distributed.broadcast_tensors(v, distributed.current_world())
+    world = distributed.current_world()
+    v = distributed.broadcast_tensors(v, world)
     norm = torch.zeros(())
     for _ in range(iters):
         n = torch.sqrt(sum(x.square().sum() for x in v.values())).clamp_min(1e-30)
         v = hvp({k: x / n for k, x in v.items()})
         norm = torch.sqrt(sum(x.square().sum() for x in v.values()))
     h_norm = float(norm)  # includes λ: the stationary loss holds the proximal term
-    if alpha >= 2.0 / max(h_norm, 1e-30):
+    if alpha >= 2.0 / max(h_norm, 1e-30) and world.is_main:  # every rank has the same ||H||: warn once
         warnings.warn(
             f"neumann: alpha={alpha:g} >= 2/(prox + ||H||) = {2.0 / h_norm:.3g} "
             f"(||H|| ~ {h_norm - prox:.3g}, "
