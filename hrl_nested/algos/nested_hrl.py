@@ -604,3 +604,12 @@ def _minibatches(batch_size: int, cfg, device) -> list[torch.Tensor]:
         j = t % cfg.num_minibatches
         out.append(perm[j * mb : (j + 1) * mb])
     return out
+
+
+# The θ/φ step code moved to `hrl_nested.algos.nested_steps` (this file had grown past 800 lines); the old
+# names stay importable from here for code written against the earlier layout. The loop itself calls
+# `nested_steps`, so patching these aliases does not change it.
+OuterStep, NextOuterStep = steps.OuterStep, steps.NextOuterStep
+_inner_outer, _outer_step, _next_outer_step = steps.inner_outer, steps.outer_step, steps.next_outer_step
+_plain_inner, _live_check = steps.plain_inner, steps.live_check
+_check_neumann_alpha = steps.check_neumann_alpha
