@@ -224,6 +224,17 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((a == b) | (a.isnan() & b.isnan()) if a.is_floating_point() else (a == b)).all())
 
 
+def _error_chain(e: BaseException) -> Iterator[BaseException]:
+    """``e``, then each error it wraps (dynamo's ``inner_exception``, else ``__cause__``), each once: a
+    chain may loop (``a.__cause__ = b; b.__cause__ = a``), and the walk stops at the first error met twice."""
+    x: BaseException | None = e
+    seen: set[int] = set()
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        yield x
+        x = getattr(x, "inner_exception", None) or x.__cause__
+
+
 def is_compile_failure(e: BaseException) -> bool:
     """Whether ``e`` is a failure of ``torch.compile``'s machinery rather than an error of the code compiled.
 
@@ -239,26 +250,17 @@ def is_compile_failure(e: BaseException) -> bool:
     """
     from torch._dynamo.exc import TorchDynamoException
 
-    x: BaseException | None = e
-    seen: set[int] = set()  # a chain may loop (``a.__cause__ = b; b.__cause__ = a``): stop, not spin
-    while x is not None and id(x) not in seen:
-        seen.add(id(x))
-        if isinstance(x, TorchDynamoException) or type(x).__module__.startswith("torch._inductor"):
-            return True
-        x = getattr(x, "inner_exception", None) or x.__cause__
-    return False
+    return any(
+        isinstance(x, TorchDynamoException) or type(x).__module__.startswith("torch._inductor")
+        for x in _error_chain(e)
+    )
 
 
 def compile_failure(e: BaseException) -> tuple[BaseException, str]:
     """The error behind a failed ``torch.compile`` and its first line (at most 160 characters), for a
     one-line notice: dynamo wraps the backend's error (``BackendCompilerFailed``), so follow
     ``inner_exception`` / ``__cause__`` to the original."""
-    root, seen = e, {id(e)}  # a chain may loop: stop at the first error met twice
-    while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
-        if id(inner) in seen:
-            break
-        seen.add(id(inner))
-        root = inner
+    *_, root = _error_chain(e)
     text = str(root).strip()
     return root, text.splitlines()[0][:160] if text else ""
 
