@@ -256,6 +256,13 @@ def all_reduce_sum(x: torch.Tensor, world: World) -> torch.Tensor:
     return x
 
 
+def all_reduce_flat(tensors: Sequence[torch.Tensor], world: World) -> list[torch.Tensor]:
+    """Each of ``tensors`` summed over ranks, in one all-reduce of their concatenation (one collective for
+    a whole gradient and the statistics that travel with it); returned reshaped, as views of that buffer."""
+    flat = all_reduce_sum(torch.cat([t.reshape(-1) for t in tensors]), world)
+    return [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)]
+
+
 def broadcast_module(module: torch.nn.Module, world: World) -> None:
     """Copy rank 0's parameters and buffers into every rank's ``module`` (a no-op with one process)."""
     if world.size == 1:

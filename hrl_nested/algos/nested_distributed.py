@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from hrl_nested.algos.ppo_distributed import MINIBATCH_SEED_OFFSET, minibatch_rows
-from hrl_nested.distributed import World, all_reduce_sum, gather_to_main, to_cpu
+from hrl_nested.distributed import World, all_reduce_flat, gather_to_main, to_cpu
 from hrl_nested.tracking.rng_state import rng_state
 
 RANK_KEYS = ("env", "obs", "carry", "rollout", "outer_pending", "rng")
@@ -87,18 +87,13 @@ class Shards:
             for idx in self._rows(cfg.num_minibatches, ret_w.device):
                 loss = critic_loss_sum(h, prep, ret_w, idx)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
-                flat = torch.cat(
-                    [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]
-                    + [loss.detach().reshape(1)]
-                )
-                flat = all_reduce_sum(flat, self.world) / union
-                offset = 0
-                for p in params:
-                    p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-                    offset += p.numel()
+                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+                *grad_sums, loss_sum = all_reduce_flat([*grads, loss.detach().reshape(1)], self.world)
+                for p, g in zip(params, grad_sums):
+                    p.grad = g / union
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
-                total += flat[-1]
+                total += loss_sum[0] / union
         return total / (cfg.critic_epochs * cfg.num_minibatches)
 
     def gather_manager_rows(

@@ -21,7 +21,13 @@ from typing import Any
 
 import torch
 
-from hrl_nested.distributed import World, all_reduce_sum, check_checkpoint_world, gather_to_main
+from hrl_nested.distributed import (
+    World,
+    all_reduce_flat,
+    all_reduce_sum,
+    check_checkpoint_world,
+    gather_to_main,
+)
 from hrl_nested.networks import ActorCritic, actor_critic_apply
 from hrl_nested.ppo_objective import UnionMinibatch, advantage_sums, ppo_objective_shard, shard_stats
 from hrl_nested.pytree import tree_map
@@ -105,15 +111,9 @@ def shard_gradients(
         )
         grads = torch.autograd.grad(loss_sum, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [sums.to(grads[0].dtype)])
-    all_reduce_sum(flat, world)
-    flat_grads = flat[: flat.numel() - sums.numel()] / union.count.to(flat.dtype)
-    out, offset = [], 0
-    for p in params:
-        out.append(flat_grads[offset : offset + p.numel()].view_as(p))
-        offset += p.numel()
-    stats = shard_stats(flat[flat.numel() - sums.numel() :], union)
-    return out, torch.stack(list(stats))
+    *grad_sums, sums = all_reduce_flat([*grads, sums.to(grads[0].dtype)], world)
+    count = union.count.to(sums.dtype)
+    return [g / count for g in grad_sums], torch.stack(list(shard_stats(sums, union)))
 
 
 class ShardedUpdate:
