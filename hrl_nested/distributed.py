@@ -183,24 +183,6 @@ def session(device: str = "auto", *, init_method: str | None = None) -> Iterator
         dist.destroy_process_group()
 
 
-def require_one_process(algo: str, why: str) -> None:
-    """Raise `ConfigError` on ``--algo`` when this process is one of several (a torchrun worker, or an
-    initialized process group): for an algorithm whose update is not all-reduced, each rank would train
-    alone, on a part of the envs, and all would write the same run directory."""
-    if dist.is_available() and dist.is_initialized():
-        size = dist.get_world_size()
-    else:
-        size = world_from_env().size
-    if size > 1:
-        raise ConfigError(
-            "algo",
-            "ppo, nested-hrl, hrl or lirpg under torchrun (one run across processes)",
-            algo,
-            note=f"{size} processes; {why}",
-        )
-
-
-# ---------------------------------------------------------------------------- envs
 def local_num_envs(num_envs: int, world: World) -> int:
     """``num_envs / world.size``: the envs this rank steps.
 
